@@ -473,8 +473,7 @@ func (d *DB) DeleteNode(ctx context.Context, uuid string, version int64) error {
 // ReleaseReservations clears every reservation held by holder (a conductor
 // restarting after a crash) and returns how many nodes it freed.
 func (d *DB) ReleaseReservations(ctx context.Context, holder string) (int64, error) {
-	res, err := d.exec(ctx, "UPDATE nodes SET reservation = NULL, version = version + 1, updated_at = ? WHERE reservation = ?",
-		fmtTime(d.now()), holder)
+	res, err := d.exec(ctx, "UPDATE nodes SET reservation = NULL, version = version + 1 WHERE reservation = ?", holder)
 	if err != nil {
 		return 0, fmt.Errorf("release reservations of %s: %w", holder, err)
 	}
@@ -486,4 +485,46 @@ func (d *DB) CountNodes(ctx context.Context) (int, error) {
 	var n int
 	err := d.sql.QueryRowContext(ctx, "SELECT COUNT(*) FROM nodes").Scan(&n)
 	return n, err
+}
+
+// NodesInStates returns the nodes whose provision state is one of states.
+func (d *DB) NodesInStates(ctx context.Context, states ...node.State) ([]*node.Node, error) {
+	if len(states) == 0 {
+		return nil, nil
+	}
+	args := make([]any, len(states))
+	for i, s := range states {
+		args[i] = string(s)
+	}
+	rows, err := d.query(ctx, "SELECT "+nodeColumns+" FROM nodes WHERE provision_state IN ("+placeholders(len(states))+") ORDER BY id", args...)
+	if err != nil {
+		return nil, fmt.Errorf("list nodes by state: %w", err)
+	}
+	defer rows.Close()
+	var out []*node.Node
+	for rows.Next() {
+		n, err := scanNode(rows)
+		if err != nil {
+			return nil, fmt.Errorf("list nodes by state: %w", err)
+		}
+		out = append(out, n)
+	}
+	return out, rows.Err()
+}
+
+// SetReservation sets (holder != "") or clears the node's reservation if
+// its version is still n.Version. Reservations are bookkeeping, not
+// changes an operator made, so updated_at stays as it is.
+func (d *DB) SetReservation(ctx context.Context, n *node.Node, holder string) error {
+	res, err := d.exec(ctx, "UPDATE nodes SET reservation = ?, version = version + 1 WHERE uuid = ? AND version = ?",
+		nullStr(holder), n.UUID, n.Version)
+	if err != nil {
+		return fmt.Errorf("reserve node %s: %w", n.UUID, err)
+	}
+	if cnt, _ := res.RowsAffected(); cnt == 0 {
+		return d.missingOrConflict(ctx, "nodes", "Node", n.UUID)
+	}
+	n.Version++
+	n.Reservation = holder
+	return nil
 }

@@ -286,3 +286,28 @@ func (d *DB) ListConductors(ctx context.Context) ([]node.Conductor, error) {
 	}
 	return out, rows.Err()
 }
+
+// PortsOfNode returns a node's ports in creation order.
+func (d *DB) PortsOfNode(ctx context.Context, nodeUUID string) ([]*node.Port, error) {
+	return d.ListPorts(ctx, PortQuery{NodeUUID: nodeUUID})
+}
+
+// KeepAlive registers c and refreshes its liveness record every interval
+// until ctx ends, then removes it.
+func (d *DB) KeepAlive(ctx context.Context, c node.Conductor, every time.Duration) error {
+	if err := d.RegisterConductor(ctx, c); err != nil {
+		return err
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return d.UnregisterConductor(context.WithoutCancel(ctx), c.Hostname)
+		case <-t.C:
+			if err := d.TouchConductor(ctx, c.Hostname); err != nil && ctx.Err() == nil {
+				return err
+			}
+		}
+	}
+}

@@ -1,0 +1,241 @@
+// Package config defines the conductor's configuration: every setting with
+// its documented default, loading from flags, INGOT_* environment variables
+// and an optional YAML file (in that order of precedence), and validation
+// that runs before anything binds a port.
+//
+// Secrets (the database password) never appear in String or log output.
+package config
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/peterbourgon/ff/v3"
+	"github.com/peterbourgon/ff/v3/ffyaml"
+)
+
+// EnvPrefix prefixes every environment variable: --api-listen is
+// INGOT_API_LISTEN.
+const EnvPrefix = "INGOT"
+
+// Config is the conductor's whole configuration.
+type Config struct {
+	// ConfigFile is the YAML file the rest was read from, if any.
+	ConfigFile string
+
+	// APIListen is the address of the Ironic-compatible API.
+	APIListen string
+	// PublicURL is the API's externally visible base URL, used in links
+	// and handed to agents; derived from requests when empty.
+	PublicURL string
+
+	// StateDir holds the SQLite database and other conductor state.
+	StateDir string
+	// Database is a sqlite:// or postgres:// URL; empty means an SQLite
+	// file in StateDir.
+	Database string
+
+	// ConductorName names this conductor in reservations and
+	// /v1/conductors; the host name by default.
+	ConductorName  string
+	ConductorGroup string
+
+	LogLevel  string
+	LogFormat string
+
+	// MaxLimit caps API page sizes.
+	MaxLimit int
+	// AutomatedClean runs cleaning on provide and undeploy.
+	AutomatedClean bool
+	// PowerStateTimeout bounds the wait for a power state change.
+	PowerStateTimeout time.Duration
+	// ShutdownTimeout bounds graceful shutdown.
+	ShutdownTimeout time.Duration
+	// ConductorHeartbeat is how often this conductor refreshes its
+	// liveness record.
+	ConductorHeartbeat time.Duration
+}
+
+// DefaultStateDir is /var/lib/ingot for root and the XDG state directory
+// otherwise.
+func DefaultStateDir() string {
+	if os.Geteuid() == 0 {
+		return "/var/lib/ingot"
+	}
+	if d := os.Getenv("XDG_STATE_HOME"); d != "" {
+		return filepath.Join(d, "ingot")
+	}
+	if h, err := os.UserHomeDir(); err == nil {
+		return filepath.Join(h, ".local", "state", "ingot")
+	}
+	return ".ingot-state"
+}
+
+func defaultHostname() string {
+	h, err := os.Hostname()
+	if err != nil || h == "" {
+		return "ingot-conductor"
+	}
+	return h
+}
+
+// FlagSet returns a flag set bound to c, with every default filled in.
+func (c *Config) FlagSet(name string) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.StringVar(&c.ConfigFile, "config", "", "YAML configuration file (keys are the flag names)")
+	fs.StringVar(&c.APIListen, "api-listen", "127.0.0.1:6385", "address of the Ironic-compatible API")
+	fs.StringVar(&c.PublicURL, "public-url", "", "externally visible base URL of the API (default: derived from each request)")
+	fs.StringVar(&c.StateDir, "state-dir", DefaultStateDir(), "directory for the SQLite database and conductor state")
+	fs.StringVar(&c.Database, "database", "", "database URL, sqlite:///path or postgres://user:pass@host/db (default: sqlite in --state-dir)")
+	fs.StringVar(&c.ConductorName, "conductor-name", defaultHostname(), "name of this conductor")
+	fs.StringVar(&c.ConductorGroup, "conductor-group", "", "conductor group this conductor serves")
+	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: debug, info, warn, error")
+	fs.StringVar(&c.LogFormat, "log-format", "text", "log format: text or json")
+	fs.IntVar(&c.MaxLimit, "max-limit", 1000, "largest page an API list returns")
+	fs.BoolVar(&c.AutomatedClean, "automated-clean", true, "clean nodes on provide and undeploy")
+	fs.DurationVar(&c.PowerStateTimeout, "power-state-timeout", 60*time.Second, "how long to wait for a power state change")
+	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 30*time.Second, "how long graceful shutdown waits for running work")
+	fs.DurationVar(&c.ConductorHeartbeat, "conductor-heartbeat", 10*time.Second, "how often this conductor refreshes its liveness record")
+	return fs
+}
+
+// Load builds a Config from args, INGOT_* environment variables and the
+// YAML file named by --config (or INGOT_CONFIG). Flags win over the
+// environment, which wins over the file.
+func Load(args []string, usage io.Writer) (*Config, error) {
+	c := &Config{}
+	fs := c.FlagSet("conductor")
+	fs.SetOutput(usage)
+	err := ff.Parse(fs, args,
+		ff.WithEnvVarPrefix(EnvPrefix),
+		ff.WithConfigFileFlag("config"),
+		ff.WithConfigFileParser(ffyaml.Parser),
+	)
+	if err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected arguments: %v", fs.Args())
+	}
+	if c.Database == "" && c.StateDir != "" {
+		abs, err := filepath.Abs(filepath.Join(c.StateDir, "ingot.db"))
+		if err != nil {
+			return nil, err
+		}
+		c.Database = "sqlite://" + abs
+	}
+	return c, nil
+}
+
+// Validate checks every setting and reports all problems at once.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	if err := checkListen(c.APIListen); err != nil {
+		bad("api-listen: %v", err)
+	}
+	if c.PublicURL != "" {
+		u, err := url.Parse(c.PublicURL)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			bad("public-url %q: want http(s)://host[:port]", c.PublicURL)
+		}
+	}
+	switch {
+	case strings.HasPrefix(c.Database, "sqlite://"):
+		if c.StateDir == "" {
+			bad("state-dir is required for an SQLite database")
+		}
+	case strings.HasPrefix(c.Database, "postgres://"), strings.HasPrefix(c.Database, "postgresql://"):
+		if _, err := url.Parse(c.Database); err != nil {
+			bad("database: %v", redactErr(err, c.Database))
+		}
+	default:
+		bad("database %q: want sqlite:// or postgres://", RedactURL(c.Database))
+	}
+	if c.ConductorName == "" || strings.ContainsAny(c.ConductorName, " \t\n") {
+		bad("conductor-name %q: must be a non-empty name without spaces", c.ConductorName)
+	}
+	if _, err := ParseLevel(c.LogLevel); err != nil {
+		bad("log-level: %v", err)
+	}
+	if c.LogFormat != "text" && c.LogFormat != "json" {
+		bad("log-format %q: want text or json", c.LogFormat)
+	}
+	if c.MaxLimit < 1 {
+		bad("max-limit %d: must be positive", c.MaxLimit)
+	}
+	for name, d := range map[string]time.Duration{"power-state-timeout": c.PowerStateTimeout,
+		"shutdown-timeout": c.ShutdownTimeout, "conductor-heartbeat": c.ConductorHeartbeat} {
+		if d <= 0 {
+			bad("%s %s: must be positive", name, d)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func checkListen(addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return err
+	}
+	if host != "" && net.ParseIP(host) == nil && host != "localhost" {
+		return fmt.Errorf("host %q is not an IP address", host)
+	}
+	p, err := strconv.Atoi(port)
+	if err != nil || p < 0 || p > 65535 {
+		return fmt.Errorf("port %q out of range", port)
+	}
+	return nil
+}
+
+func redactErr(err error, secret string) error {
+	return errors.New(strings.ReplaceAll(err.Error(), secret, RedactURL(secret)))
+}
+
+// RedactURL hides the password of a URL.
+func RedactURL(s string) string {
+	u, err := url.Parse(s)
+	if err != nil || u.User == nil {
+		return s
+	}
+	if _, has := u.User.Password(); has {
+		u.User = url.UserPassword(u.User.Username(), "******")
+	}
+	return u.String()
+}
+
+// ParseLevel maps a level name to a slog.Level.
+func ParseLevel(s string) (slog.Level, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(s)); err != nil {
+		return 0, fmt.Errorf("unknown level %q", s)
+	}
+	return l, nil
+}
+
+// LogValue logs the configuration with secrets redacted.
+func (c *Config) LogValue() slog.Value {
+	return slog.GroupValue(
+		slog.String("api_listen", c.APIListen),
+		slog.String("public_url", c.PublicURL),
+		slog.String("state_dir", c.StateDir),
+		slog.String("database", RedactURL(c.Database)),
+		slog.String("conductor", c.ConductorName),
+		slog.Bool("automated_clean", c.AutomatedClean),
+	)
+}
+
+// String renders the configuration with secrets redacted.
+func (c *Config) String() string {
+	return fmt.Sprintf("api-listen=%s database=%s state-dir=%s conductor=%s", c.APIListen, RedactURL(c.Database), c.StateDir, c.ConductorName)
+}

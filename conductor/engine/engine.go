@@ -1,0 +1,406 @@
+// Package engine applies the provision state machine to stored nodes. It is
+// the single place where a node's provision state is persisted: API verbs,
+// agent heartbeats and timeouts all arrive here as events, and the engine
+// takes the node's reservation, asks package provision for the next state,
+// runs the driver work the transition needs, and saves the result.
+//
+// The engine declares the small interfaces it consumes (Store, Drivers,
+// Booter) and never imports the packages that implement them: main wires the
+// store, the power drivers and the boot server in.
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/ingot-dev/ingot/conductor/node"
+	"github.com/ingot-dev/ingot/conductor/provision"
+)
+
+// Store is the persistence the engine needs.
+type Store interface {
+	GetNode(ctx context.Context, ident string) (*node.Node, error)
+	CreateNode(ctx context.Context, n *node.Node) error
+	UpdateNode(ctx context.Context, n *node.Node) error
+	SetReservation(ctx context.Context, n *node.Node, holder string) error
+	DeleteNode(ctx context.Context, uuid string, version int64) error
+	ReleaseReservations(ctx context.Context, holder string) (int64, error)
+	NodesInStates(ctx context.Context, states ...node.State) ([]*node.Node, error)
+
+	GetPort(ctx context.Context, uuid string) (*node.Port, error)
+	CreatePort(ctx context.Context, p *node.Port) error
+	UpdatePort(ctx context.Context, p *node.Port) error
+	DeletePort(ctx context.Context, uuid string) error
+	PortsOfNode(ctx context.Context, nodeUUID string) ([]*node.Port, error)
+}
+
+// Power controls one node's power, through its power interface.
+type Power interface {
+	PowerState(ctx context.Context) (node.PowerState, error)
+	// SetPowerState moves the node to target (on, off, soft off, reboot,
+	// soft reboot) and returns once the BMC accepted the request.
+	SetPowerState(ctx context.Context, target node.PowerState) error
+}
+
+// BootDevice is a boot device setting.
+type BootDevice struct {
+	Device     string `json:"boot_device"`
+	Persistent bool   `json:"persistent"`
+}
+
+// Management sets one node's boot device, through its management interface.
+type Management interface {
+	// SetBootDevice sets the next boot device, for every boot when
+	// persistent, in UEFI or legacy BIOS mode.
+	SetBootDevice(ctx context.Context, device string, persistent, uefi bool) error
+	// BootDevice reads the current setting; node.ErrUnsupported when the
+	// interface cannot tell.
+	BootDevice(ctx context.Context) (device string, persistent bool, err error)
+	SupportedBootDevices() []string
+}
+
+// Drivers builds a node's power and management drivers from its
+// power_interface, management_interface and driver_info.
+type Drivers interface {
+	Power(n *node.Node) (Power, error)
+	Management(n *node.Node) (Management, error)
+	// Validate reports what is missing for n's power and management
+	// interfaces, keyed by interface kind; nil values mean valid.
+	Validate(n *node.Node) map[string]error
+}
+
+// Booter prepares a node's network boot: the ramdisk for deploy and
+// cleaning, the instance (local disk) once deployed. It owns every boot
+// file or record; "fake" boot interfaces need none.
+type Booter interface {
+	PrepareRamdisk(ctx context.Context, n *node.Node, ports []*node.Port) error
+	PrepareInstance(ctx context.Context, n *node.Node, ports []*node.Port) error
+	CleanUp(ctx context.Context, n *node.Node, ports []*node.Port) error
+}
+
+// Options configure an Engine. Zero values pick Ironic's defaults.
+type Options struct {
+	// Conductor is this conductor's name, recorded in reservations.
+	Conductor string
+	// Now is the clock; time.Now if nil.
+	Now func() time.Time
+	// Workers bounds concurrent background tasks (64).
+	Workers int
+	// QueueSize bounds tasks waiting for a worker; beyond it verbs fail
+	// with ErrBusy (1024).
+	QueueSize int
+	// LockRetries and LockRetryInterval: how long an API call waits for a
+	// node's reservation before answering 409 (3 × 200 ms).
+	LockRetries       int
+	LockRetryInterval time.Duration
+	// AutomatedClean runs cleaning on provide and undeploy unless a node
+	// overrides it (Ironic's [conductor]automated_clean, default true).
+	AutomatedClean *bool
+	// PowerStateTimeout bounds the wait for the BMC to report the new
+	// state after a power action (60 s).
+	PowerStateTimeout time.Duration
+	// ShutdownTimeout is how long Run waits for running tasks after its
+	// context ends (30 s).
+	ShutdownTimeout time.Duration
+	// Booter serves network boot for pxe/ipxe boot interfaces; nil means
+	// only "fake" boot works.
+	Booter Booter
+}
+
+// Engine applies provisioning to nodes.
+type Engine struct {
+	store   Store
+	drivers Drivers
+	log     *slog.Logger
+	opts    Options
+	now     func() time.Time
+
+	tasks    chan task
+	inflight sync.WaitGroup
+}
+
+type task struct {
+	node string
+	name string
+	run  func(ctx context.Context)
+}
+
+// ErrBusy means the conductor has no free worker for a new task (Ironic's
+// NoFreeConductorWorker, HTTP 503).
+var ErrBusy = errors.New("no free conductor workers")
+
+// New returns an Engine. Call Run to start its workers.
+func New(store Store, drivers Drivers, log *slog.Logger, opts Options) *Engine {
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.Conductor == "" {
+		opts.Conductor = "ingot"
+	}
+	if opts.Workers == 0 {
+		opts.Workers = 64
+	}
+	if opts.QueueSize == 0 {
+		opts.QueueSize = 1024
+	}
+	if opts.LockRetries == 0 {
+		opts.LockRetries = 3
+	}
+	if opts.LockRetryInterval == 0 {
+		opts.LockRetryInterval = 200 * time.Millisecond
+	}
+	if opts.AutomatedClean == nil {
+		t := true
+		opts.AutomatedClean = &t
+	}
+	if opts.PowerStateTimeout == 0 {
+		opts.PowerStateTimeout = 60 * time.Second
+	}
+	if opts.ShutdownTimeout == 0 {
+		opts.ShutdownTimeout = 30 * time.Second
+	}
+	return &Engine{
+		store:   store,
+		drivers: drivers,
+		log:     log,
+		opts:    opts,
+		now:     opts.Now,
+		tasks:   make(chan task, opts.QueueSize),
+	}
+}
+
+// Conductor returns the name this engine reserves nodes under.
+func (e *Engine) Conductor() string { return e.opts.Conductor }
+
+// Run executes background tasks until ctx ends. It then stops taking tasks
+// and waits up to ShutdownTimeout for running ones, which see their context
+// cancelled after that. Call Recover before Run and before serving any
+// request.
+func (e *Engine) Run(ctx context.Context) error {
+	workCtx, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelWork()
+	var workers sync.WaitGroup
+	for range e.opts.Workers {
+		workers.Go(func() {
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case t := <-e.tasks:
+					e.runTask(workCtx, t)
+				}
+			}
+		})
+	}
+	<-ctx.Done()
+	e.drainQueued(workCtx)
+	done := make(chan struct{})
+	go func() { workers.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(e.opts.ShutdownTimeout):
+		e.log.Warn("shutdown timeout: cancelling running tasks")
+		cancelWork()
+		<-done
+	}
+	e.drainQueued(workCtx)
+	return nil
+}
+
+// drainQueued drops tasks that never started and frees the reservations
+// they were handed; the nodes stay in their current state, which recover
+// handles on the next start.
+func (e *Engine) drainQueued(ctx context.Context) {
+	for {
+		select {
+		case t := <-e.tasks:
+			e.releaseByUUID(context.WithoutCancel(ctx), t.node)
+			e.inflight.Done()
+		default:
+			return
+		}
+	}
+}
+
+func (e *Engine) runTask(ctx context.Context, t task) {
+	defer e.inflight.Done()
+	defer func() {
+		if r := recover(); r != nil {
+			e.log.Error("task panicked", "node", t.node, "task", t.name, "panic", r)
+			e.releaseByUUID(context.WithoutCancel(ctx), t.node)
+		}
+	}()
+	t.run(ctx)
+}
+
+// spawn queues background work for a node whose reservation the caller
+// holds; the work must release it.
+func (e *Engine) spawn(uuid, name string, run func(ctx context.Context)) error {
+	e.inflight.Add(1)
+	select {
+	case e.tasks <- task{node: uuid, name: name, run: run}:
+		return nil
+	default:
+		e.inflight.Done()
+		return node.Errorf(ErrBusy, "Requested action cannot be performed due to lack of free conductor workers.")
+	}
+}
+
+// Wait blocks until no background task is queued or running. Tests use it
+// to observe the state a verb ends in.
+func (e *Engine) Wait() { e.inflight.Wait() }
+
+// Recover runs once when a conductor starts, before it serves anything: it
+// frees reservations a previous run of this conductor left behind and fails
+// nodes stuck in a transient state nobody is working on, as Ironic does on
+// takeover. Waiting states keep their provision_updated_at, so their
+// timeouts still fire.
+func (e *Engine) Recover(ctx context.Context) error {
+	freed, err := e.store.ReleaseReservations(ctx, e.opts.Conductor)
+	if err != nil {
+		return fmt.Errorf("recover: %w", err)
+	}
+	if freed > 0 {
+		e.log.Info("released stale reservations", "count", freed)
+	}
+	var transient []node.State
+	for _, s := range node.States() {
+		if provision.Transient(s) {
+			transient = append(transient, s)
+		}
+	}
+	stuck, err := e.store.NodesInStates(ctx, transient...)
+	if err != nil {
+		return fmt.Errorf("recover: %w", err)
+	}
+	for _, n := range stuck {
+		if n.Reservation != "" {
+			continue // another live conductor is working on it
+		}
+		msg := fmt.Sprintf("Conductor %s restarted while the node was in state %q; the operation was interrupted.", e.opts.Conductor, n.ProvisionState)
+		if err := e.transition(ctx, n, node.EventFail, msg); err != nil {
+			e.log.Error("recover: fail interrupted node", "node", n.UUID, "err", err)
+			continue
+		}
+		e.log.Warn("failed interrupted node", "node", n.UUID, "state", n.ProvisionState)
+	}
+	return nil
+}
+
+// get loads a node by UUID or name.
+func (e *Engine) get(ctx context.Context, ident string) (*node.Node, error) {
+	return e.store.GetNode(ctx, ident)
+}
+
+// acquire reserves the node for this conductor, waiting briefly for a held
+// reservation. It returns the reserved node; the caller must release it.
+func (e *Engine) acquire(ctx context.Context, ident string) (*node.Node, error) {
+	for attempt := 0; ; attempt++ {
+		n, err := e.get(ctx, ident)
+		if err != nil {
+			return nil, err
+		}
+		if n.Reservation != "" {
+			if attempt >= e.opts.LockRetries {
+				return nil, &node.LockedError{Node: n.UUID, Holder: n.Reservation}
+			}
+			if err := sleep(ctx, e.opts.LockRetryInterval); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		err = e.store.SetReservation(ctx, n, e.opts.Conductor)
+		if errors.Is(err, node.ErrConflict) && attempt < e.opts.LockRetries {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		return n, nil
+	}
+}
+
+// release frees a reservation this conductor holds. It tolerates a node
+// deleted meanwhile.
+func (e *Engine) release(ctx context.Context, n *node.Node) {
+	for range 5 {
+		if n.Reservation != e.opts.Conductor {
+			return
+		}
+		err := e.store.SetReservation(ctx, n, "")
+		if err == nil || errors.Is(err, node.ErrNotFound) {
+			return
+		}
+		if !errors.Is(err, node.ErrConflict) {
+			e.log.Error("release reservation", "node", n.UUID, "err", err)
+			return
+		}
+		fresh, gerr := e.store.GetNode(ctx, n.UUID)
+		if gerr != nil {
+			return
+		}
+		*n = *fresh
+	}
+}
+
+func (e *Engine) releaseByUUID(ctx context.Context, uuid string) {
+	n, err := e.store.GetNode(ctx, uuid)
+	if err != nil {
+		return
+	}
+	e.release(ctx, n)
+}
+
+// save persists non-state changes to a node the caller holds or that are
+// version-checked.
+func (e *Engine) save(ctx context.Context, n *node.Node) error {
+	return e.store.UpdateNode(ctx, n)
+}
+
+// transition is the one place a provision state changes: it applies ev to
+// n, sets the target state, provision_updated_at and last_error (cleared
+// when lastError is empty and the new state is not a failure), and saves.
+func (e *Engine) transition(ctx context.Context, n *node.Node, ev node.Event, lastError string) error {
+	from := n.ProvisionState
+	to, err := provision.Next(from, ev)
+	if err != nil {
+		return &node.TransitionError{Node: n.UUID, Action: string(ev), State: from}
+	}
+	prev := *n
+	n.ProvisionState = to
+	n.TargetProvisionState = provision.Target(to)
+	if to == node.StateCleaning || to == node.StateCleanWait || to == node.StateCleanFailed {
+		// Manual cleaning works towards manageable; keep that target.
+		if prev.TargetProvisionState == node.StateManageable {
+			n.TargetProvisionState = node.StateManageable
+		}
+	}
+	n.ProvisionUpdatedAt = e.now()
+	switch {
+	case lastError != "":
+		n.LastError = lastError
+	case !provision.Failed(to):
+		n.LastError = ""
+	}
+	if err := e.store.UpdateNode(ctx, n); err != nil {
+		*n = prev
+		return err
+	}
+	e.log.Info("provision state changed", "node", n.UUID, "from", from, "to", to, "event", ev)
+	return nil
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}

@@ -1,0 +1,155 @@
+// Package service assembles a conductor from its configuration: it binds
+// the listeners, opens and migrates the store, builds the driver table, the
+// engine and the API server, and runs them until the context ends. The
+// conductor command is a thin main over it; end-to-end tests start it
+// in-process.
+package service
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/ingot-dev/ingot/conductor/config"
+	"github.com/ingot-dev/ingot/conductor/engine"
+	"github.com/ingot-dev/ingot/conductor/httpapi"
+	"github.com/ingot-dev/ingot/conductor/node"
+	"github.com/ingot-dev/ingot/conductor/power"
+	"github.com/ingot-dev/ingot/conductor/store"
+	"github.com/ingot-dev/ingot/shared/buildinfo"
+)
+
+// Service is a configured conductor, ready to Run.
+type Service struct {
+	cfg   *config.Config
+	log   *slog.Logger
+	db    *store.DB
+	eng   *engine.Engine
+	api   *httpapi.Server
+	apiLn net.Listener
+}
+
+// Drivers adapts the power package's driver table to what the engine
+// consumes.
+type Drivers struct{ *power.Drivers }
+
+// Power returns n's power controller.
+func (d Drivers) Power(n *node.Node) (engine.Power, error) {
+	c, err := d.Drivers.Power(n)
+	if err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// Management returns n's boot device controller.
+func (d Drivers) Management(n *node.Node) (engine.Management, error) {
+	c, err := d.Drivers.Management(n)
+	if err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// DriverTable returns the power and management drivers this conductor
+// enables, by interface name.
+func DriverTable() *power.Drivers {
+	return &power.Drivers{
+		PowerDrivers: map[string]power.PowerDriver{
+			"fake": {New: power.NewFake},
+		},
+		ManagementDrivers: map[string]power.ManagementDriver{
+			"fake": {New: power.NewNoopManagement},
+			"noop": {New: power.NewNoopManagement},
+		},
+	}
+}
+
+// New validates cfg, binds the API listener and opens the store. Nothing
+// is served until Run.
+func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Service, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("invalid configuration: %w", err)
+	}
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("create state directory: %w", err)
+	}
+	apiLn, err := net.Listen("tcp", cfg.APIListen)
+	if err != nil {
+		return nil, fmt.Errorf("listen for the API: %w", err)
+	}
+	db, err := store.Open(ctx, cfg.Database, store.Options{})
+	if err != nil {
+		apiLn.Close()
+		return nil, err
+	}
+	automated := cfg.AutomatedClean
+	eng := engine.New(db, Drivers{DriverTable()}, log.With("component", "engine"), engine.Options{
+		Conductor:         cfg.ConductorName,
+		AutomatedClean:    &automated,
+		PowerStateTimeout: cfg.PowerStateTimeout,
+		ShutdownTimeout:   cfg.ShutdownTimeout,
+	})
+	api := httpapi.New(eng, db, log.With("component", "api"), httpapi.Options{
+		PublicURL: cfg.PublicURL,
+		MaxLimit:  cfg.MaxLimit,
+	})
+	return &Service{cfg: cfg, log: log, db: db, eng: eng, api: api, apiLn: apiLn}, nil
+}
+
+// APIURL is the base URL the API listens on.
+func (s *Service) APIURL() string { return "http://" + s.apiLn.Addr().String() }
+
+// Engine returns the service's engine.
+func (s *Service) Engine() *engine.Engine { return s.eng }
+
+// Store returns the service's store.
+func (s *Service) Store() *store.DB { return s.db }
+
+// Run serves until ctx ends, then shuts down gracefully and closes the
+// store.
+func (s *Service) Run(ctx context.Context) error {
+	defer s.db.Close()
+	s.log.Info("starting conductor", "version", buildinfo.Version(), "config", s.cfg)
+	srv := &http.Server{Handler: s.api, ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)}
+	if err := s.eng.Recover(ctx); err != nil {
+		return err
+	}
+	var hwNames []string
+	for _, h := range node.HardwareTypes() {
+		hwNames = append(hwNames, h.Name)
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return s.eng.Run(gctx) })
+	g.Go(func() error {
+		return s.db.KeepAlive(gctx, node.Conductor{Hostname: s.cfg.ConductorName, ConductorGroup: s.cfg.ConductorGroup,
+			Drivers: hwNames}, s.cfg.ConductorHeartbeat)
+	})
+	g.Go(func() error {
+		s.log.Info("API listening", "addr", s.apiLn.Addr().String())
+		if err := srv.Serve(s.apiLn); !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("serve API: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-gctx.Done()
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(gctx), s.cfg.ShutdownTimeout)
+		defer cancel()
+		return srv.Shutdown(sctx)
+	})
+	err := g.Wait()
+	if errors.Is(err, context.Canceled) {
+		err = nil
+	}
+	s.log.Info("conductor stopped")
+	return err
+}
