@@ -40,6 +40,17 @@ func nextURL(base, path string, q url.Values, limit int, marker string) string {
 	return base + path + "?" + n.Encode()
 }
 
+// writeNext adds the link to the next page twice: as Ironic's "next" and as
+// "<kind>_links", which gophercloud follows (gophercloud issue #2431: against
+// real Ironic it silently stops after the first page).
+func writeNext(b *bytes.Buffer, kind, next string) {
+	b.WriteString(`,"next":`)
+	appendString(b, next)
+	b.WriteString(`,"` + kind + `_links":[{"href":`)
+	appendString(b, next)
+	b.WriteString(`,"rel":"next"}]`)
+}
+
 func boolParam(q url.Values, name string) (*bool, error) {
 	v, ok := q[name]
 	if !ok || len(v) == 0 {
@@ -136,8 +147,7 @@ func (s *Server) listNodes(detailPath bool) echo.HandlerFunc {
 		}
 		b.WriteByte(']')
 		if len(nodes) == nq.Limit && len(nodes) > 0 {
-			b.WriteString(`,"next":`)
-			appendString(&b, nextURL(base, c.Request().URL.Path, q, nq.Limit, nodes[len(nodes)-1].UUID))
+			writeNext(&b, "nodes", nextURL(base, c.Request().URL.Path, q, nq.Limit, nodes[len(nodes)-1].UUID))
 		}
 		b.WriteByte('}')
 		return writeJSON(c, http.StatusOK, b.Bytes())

@@ -166,8 +166,7 @@ func (s *Server) portList(c *echo.Context, detail bool, pq store.PortQuery) erro
 	}
 	b.WriteByte(']')
 	if len(ports) == pq.Limit && len(ports) > 0 {
-		b.WriteString(`,"next":`)
-		appendString(&b, nextURL(base, c.Request().URL.Path, q, pq.Limit, ports[len(ports)-1].UUID))
+		writeNext(&b, "ports", nextURL(base, c.Request().URL.Path, q, pq.Limit, ports[len(ports)-1].UUID))
 	}
 	b.WriteByte('}')
 	return writeJSON(c, http.StatusOK, b.Bytes())

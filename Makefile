@@ -1,0 +1,74 @@
+# Ingot — make targets. `make help` lists them.
+SHELL := /bin/bash
+GO ?= go
+BIN := bin
+export CGO_ENABLED ?= 0
+
+# PostgreSQL for the store's interop tests: started on demand when we are root
+# and the package is installed (scripts/postgres-up.sh); override to point at
+# another server.
+INGOT_TEST_POSTGRES_URL ?= $(shell [ "$$(id -u)" = 0 ] && scripts/postgres-up.sh 2>/dev/null)
+export INGOT_TEST_POSTGRES_URL
+
+FUZZTIME ?= 20s
+BENCHTIME ?= 1x
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+.PHONY: build
+build: ## build the binaries into bin/ (static, CGO_ENABLED=0)
+	@mkdir -p $(BIN)
+	$(GO) build -trimpath -o $(BIN)/ ./conductor/cmd/...
+
+.PHONY: run
+run: build ## run the conductor with its zero-configuration defaults
+	$(BIN)/conductor
+
+.PHONY: test
+test: unit interop ## every test tier: unit, then interop with real peers
+	@echo "make test: all tiers passed"
+
+.PHONY: unit
+unit: ## unit tier: race detector, shuffled order, no external programs needed
+	CGO_ENABLED=1 $(GO) test -race -shuffle=on -timeout 10m ./...
+
+.PHONY: interop
+interop: ## interop tier: real peers (baremetal CLI, Ironic, PostgreSQL, ipmi_sim, ...)
+	$(GO) test -tags interop -run Interop -timeout 20m -count=1 ./...
+
+.PHONY: lint
+lint: ## gofmt, go vet, go mod tidy check
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) vet -tags interop ./...
+	$(GO) mod tidy -diff
+
+.PHONY: bench
+bench: ## benchmarks (ratios against baselines; see docs/PERFORMANCE.md)
+	$(GO) test -run '^$$' -bench . -benchmem -count 1 -timeout 30m ./...
+
+.PHONY: fuzz
+fuzz: ## run every fuzz target for FUZZTIME each
+	@set -e; for pkg in $$($(GO) list ./...); do \
+	  for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
+	    echo "fuzz $$pkg $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg; \
+	  done; done
+
+.PHONY: docs
+docs: ## regenerate docs generated from code (state diagram)
+	$(GO) test ./conductor/provision -run TestDiagrams -update
+
+.PHONY: deps
+deps: ## install the Debian packages the tests need (root)
+	scripts/install-deps.sh
+
+.PHONY: ci
+ci: lint test ## what CI runs after installing dependencies
+
+.PHONY: clean
+clean: ## remove build outputs
+	rm -rf $(BIN) build
