@@ -64,6 +64,9 @@ type Config struct {
 	// ConductorHeartbeat is how often this conductor refreshes its
 	// liveness record.
 	ConductorHeartbeat time.Duration
+
+	// Boot configures network boot (boot.go).
+	Boot Boot
 }
 
 // DefaultStateDir is /var/lib/ingot for root and the XDG state directory
@@ -106,6 +109,7 @@ func (c *Config) FlagSet(name string) *flag.FlagSet {
 	fs.DurationVar(&c.PowerStateTimeout, "power-state-timeout", 60*time.Second, "how long to wait for a power state change")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 30*time.Second, "how long graceful shutdown waits for running work")
 	fs.DurationVar(&c.ConductorHeartbeat, "conductor-heartbeat", 10*time.Second, "how often this conductor refreshes its liveness record")
+	c.Boot.flags(fs)
 	return fs
 }
 
@@ -180,6 +184,7 @@ func (c *Config) Validate() error {
 			bad("%s %s: must be positive", name, d)
 		}
 	}
+	errs = append(errs, c.validateBoot()...)
 	return errors.Join(errs...)
 }
 
@@ -232,6 +237,7 @@ func (c *Config) LogValue() slog.Value {
 		slog.String("database", RedactURL(c.Database)),
 		slog.String("conductor", c.ConductorName),
 		slog.Bool("automated_clean", c.AutomatedClean),
+		c.bootLogValue(),
 	)
 }
 

@@ -34,6 +34,7 @@ type Service struct {
 	eng   *engine.Engine
 	api   *httpapi.Server
 	apiLn net.Listener
+	boot  *bootServers // nil when network boot is off
 }
 
 // Drivers adapts the power package's driver table to what the engine
@@ -90,18 +91,29 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Service, e
 		apiLn.Close()
 		return nil, err
 	}
+	var boot *bootServers
+	var booter engine.Booter
+	if cfg.Boot.Enabled() {
+		if boot, err = newBoot(ctx, cfg, log, db); err != nil {
+			apiLn.Close()
+			db.Close()
+			return nil, err
+		}
+		booter = boot.booter
+	}
 	automated := cfg.AutomatedClean
 	eng := engine.New(db, Drivers{DriverTable()}, log.With("component", "engine"), engine.Options{
 		Conductor:         cfg.ConductorName,
 		AutomatedClean:    &automated,
 		PowerStateTimeout: cfg.PowerStateTimeout,
 		ShutdownTimeout:   cfg.ShutdownTimeout,
+		Booter:            booter,
 	})
 	api := httpapi.New(eng, db, log.With("component", "api"), httpapi.Options{
 		PublicURL: cfg.PublicURL,
 		MaxLimit:  cfg.MaxLimit,
 	})
-	return &Service{cfg: cfg, log: log, db: db, eng: eng, api: api, apiLn: apiLn}, nil
+	return &Service{cfg: cfg, log: log, db: db, eng: eng, api: api, apiLn: apiLn, boot: boot}, nil
 }
 
 // APIURL is the base URL the API listens on.
@@ -109,6 +121,23 @@ func (s *Service) APIURL() string { return "http://" + s.apiLn.Addr().String() }
 
 // Engine returns the service's engine.
 func (s *Service) Engine() *engine.Engine { return s.eng }
+
+// BootURL is the boot HTTP server's base URL as it listens ("" when
+// network boot is off).
+func (s *Service) BootURL() string {
+	if s.boot == nil {
+		return ""
+	}
+	return "http://" + s.boot.httpLn.Addr().String()
+}
+
+// TFTPAddr is the TFTP server's address ("" when it is off).
+func (s *Service) TFTPAddr() string {
+	if s.boot == nil || s.boot.tftpConn == nil {
+		return ""
+	}
+	return s.boot.tftpConn.LocalAddr().String()
+}
 
 // Store returns the service's store.
 func (s *Service) Store() *store.DB { return s.db }
@@ -146,6 +175,9 @@ func (s *Service) Run(ctx context.Context) error {
 		defer cancel()
 		return srv.Shutdown(sctx)
 	})
+	if s.boot != nil {
+		s.boot.run(gctx, g)
+	}
 	err := g.Wait()
 	if errors.Is(err, context.Canceled) {
 		err = nil
