@@ -353,6 +353,9 @@ func (s *Server) bootOptions(ctx context.Context, c Client, req, resp *dhcpv4.DH
 		resp.UpdateOption(dhcpv4.OptGeneric(dhcpv4.OptionClientMachineIdentifier, guid))
 	}
 	file, kind := s.bootFile(c, req)
+	// iPXE only accepts a ProxyDHCP answer with a next-server and a
+	// file name ("PXE options"), whatever the file is.
+	resp.ServerIPAddr = s.opts.ServerIP.AsSlice()
 	switch kind {
 	case "script":
 		// iPXE: the script URL, and no wait for ProxyDHCP offers.
@@ -362,7 +365,6 @@ func (s *Server) bootOptions(ctx context.Context, c Client, req, resp *dhcpv4.DH
 		resp.UpdateOption(dhcpv4.OptGeneric(dhcpv4.OptionClassIdentifier, []byte("HTTPClient")))
 	case "tftp":
 		resp.UpdateOption(dhcpv4.OptGeneric(dhcpv4.OptionClassIdentifier, []byte("PXEClient")))
-		resp.ServerIPAddr = s.opts.ServerIP.AsSlice()
 		resp.UpdateOption(dhcpv4.OptTFTPServerName(s.opts.ServerIP.String()))
 		// PXE boot server discovery control: bit 3, boot the file named
 		// in this offer without further discovery.

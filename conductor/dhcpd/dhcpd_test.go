@@ -250,9 +250,9 @@ func TestProxyMode(t *testing.T) {
 		{name: "UEFI PXE arch 9 gets snponly.efi", in: uefiBC, want: tftpOffer("snponly.efi")},
 		{name: "configured UEFI binary", in: uefiPXE, opts: func(o *Options) { o.UEFIFile = "ipxe.efi" }, want: tftpOffer("ipxe.efi")},
 		{name: "iPXE gets its script URL and skips the ProxyDHCP wait", in: ipxeBIOS, want: &answer{
-			Type: "OFFER", File: script, FileHdr: script, Vendor: "PXEClient", IPXEOpt: ipxeNoPXEDHCP, GUID: true, ServerID: "10.99.0.1"}},
+			Type: "OFFER", NextSrv: "10.99.0.1", File: script, FileHdr: script, Vendor: "PXEClient", IPXEOpt: ipxeNoPXEDHCP, GUID: true, ServerID: "10.99.0.1"}},
 		{name: "UEFI HTTP boot gets the EFI binary by URL", in: uefiHTTP, want: &answer{
-			Type: "OFFER", File: firmwareURL("snponly.efi"), FileHdr: firmwareURL("snponly.efi"), Vendor: "HTTPClient", GUID: true, ServerID: "10.99.0.1"}},
+			Type: "OFFER", NextSrv: "10.99.0.1", File: firmwareURL("snponly.efi"), FileHdr: firmwareURL("snponly.efi"), Vendor: "HTTPClient", GUID: true, ServerID: "10.99.0.1"}},
 		{name: "unknown MAC gets no answer", in: with(biosPXE, func(c *client) { c.mac = unknownMAC })},
 		{name: "unknown MAC is answered with discovery", in: with(biosPXE, func(c *client) { c.mac = unknownMAC }),
 			opts: func(o *Options) { o.Discovery = true }, want: tftpOffer("undionly.kpxe")},
@@ -266,7 +266,7 @@ func TestProxyMode(t *testing.T) {
 		{name: "request on the PXE port gets an ACK", in: with(biosPXE, func(c *client) { c.typ = dhcpv4.MessageTypeRequest }), pxePort: true,
 			want: func() *answer { a := tftpOffer("undionly.kpxe"); a.Type = "ACK"; return a }()},
 		{name: "iPXE request on the PXE port gets the script", in: with(ipxeUEFI, func(c *client) { c.typ = dhcpv4.MessageTypeRequest }), pxePort: true,
-			want: &answer{Type: "ACK", File: script, FileHdr: script, Vendor: "PXEClient", IPXEOpt: ipxeNoPXEDHCP, GUID: true, ServerID: "10.99.0.1"}},
+			want: &answer{Type: "ACK", NextSrv: "10.99.0.1", File: script, FileHdr: script, Vendor: "PXEClient", IPXEOpt: ipxeNoPXEDHCP, GUID: true, ServerID: "10.99.0.1"}},
 		{name: "discover on the PXE port is ignored", in: biosPXE, pxePort: true},
 		{name: "unknown MAC on the PXE port gets no answer", in: with(biosPXE, func(c *client) {
 			c.typ = dhcpv4.MessageTypeRequest
@@ -325,7 +325,7 @@ func TestFullMode(t *testing.T) {
 	t.Run("iPXE keeps its address and gets the script", func(t *testing.T) {
 		got := step(with(ipxeBIOS, func(c *client) { c.xid = 9 }))
 		u := scriptURL(knownMAC)
-		want := network(&answer{Type: "OFFER", YourIP: "10.99.0.100", File: u, FileHdr: u, Vendor: "PXEClient", IPXEOpt: ipxeNoPXEDHCP, GUID: true})
+		want := network(&answer{Type: "OFFER", YourIP: "10.99.0.100", NextSrv: "10.99.0.1", File: u, FileHdr: u, Vendor: "PXEClient", IPXEOpt: ipxeNoPXEDHCP, GUID: true})
 		if diff := cmp.Diff(want, got); diff != "" {
 			t.Errorf("(-want +got):\n%s", diff)
 		}

@@ -1,0 +1,439 @@
+//go:build interop
+
+package pxe_test
+
+import (
+	"bytes"
+	"compress/gzip"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ingot-dev/ingot/conductor/node"
+	"github.com/ingot-dev/ingot/conductor/pxe"
+	"github.com/ingot-dev/ingot/internal/netnstest"
+	"github.com/ingot-dev/ingot/internal/peertest"
+)
+
+const (
+	vmMAC    = "52:54:00:12:34:56"
+	serverIP = "10.99.0.1"
+	bootURL  = "http://10.99.0.1:8080"
+	apiURL   = "http://10.99.0.1:6385"
+)
+
+// TestInteropQEMUPXEBoot PXE-boots a QEMU VM from the real conductor
+// binary, running in a network namespace with a bridge and a tap device:
+// the VM's firmware gets its address and boot file by DHCP, iPXE fetches
+// its script, then a kernel (Debian's cloud kernel) and an initramfs over
+// HTTP, and the initramfs prints the kernel command line Ingot rendered
+// on the serial console before it powers the VM off.
+func TestInteropQEMUPXEBoot(t *testing.T) {
+	peertest.Root(t, "network namespaces and tap devices")
+	qemu := peertest.Binary(t, "qemu-system-x86_64", "qemu-system-x86")
+	peertest.Binary(t, "curl", "curl")
+	if _, err := os.Stat("/usr/lib/ipxe/qemu/pxe-virtio.rom"); err != nil {
+		peertest.Missing(t, "QEMU's iPXE ROMs", "apt-get install ipxe-qemu")
+	}
+	kernel := fetchKernel(t)
+	work := t.TempDir()
+	initrd := buildInitramfs(t, work)
+	conductor := buildConductor(t, work)
+
+	for _, tc := range []struct {
+		name      string
+		mode      string
+		chainload bool
+		uefi      bool
+	}{
+		// The QEMU ROM is iPXE already; --dhcp-chainload-ipxe makes the
+		// first DHCP answer undionly.kpxe by TFTP anyway, so the path a
+		// plain PXE ROM takes is exercised: TFTP, then the chain-loaded
+		// iPXE (user class iPXE) gets its script URL.
+		{name: "full mode BIOS chainloading iPXE by TFTP", mode: "full", chainload: true},
+		{name: "proxy mode BIOS next to udhcpd", mode: "proxy"},
+		{name: "full mode UEFI", mode: "full", uefi: true},
+		{name: "full mode UEFI chainloading snponly.efi by TFTP", mode: "full", chainload: true, uefi: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.uefi {
+				if _, err := os.Stat("/usr/share/OVMF/OVMF_CODE_4M.fd"); err != nil {
+					peertest.Missing(t, "OVMF", "apt-get install ovmf")
+				}
+			}
+			start := time.Now()
+			r := newBootRig(t, tc.mode)
+			state := t.TempDir()
+			args := []string{
+				"--api-listen", serverIP + ":6385", "--state-dir", state, "--log-level", "debug",
+				"--boot-http-listen", serverIP + ":8080", "--tftp-listen", serverIP + ":69",
+				"--dhcp-mode", tc.mode, "--dhcp-interface", "br0",
+				"--deploy-kernel", kernel, "--deploy-ramdisk", initrd,
+				"--kernel-append-params", "console=ttyS0 panic=-1",
+			}
+			if tc.mode == "full" {
+				args = append(args, "--dhcp-range", "10.99.0.100-10.99.0.150")
+			}
+			if tc.chainload {
+				args = append(args, "--dhcp-chainload-ipxe")
+			}
+			logFile := r.startConductor(t, conductor, args)
+
+			// Register the node and its port through the API, then write
+			// its agent boot the way the deploy flow does.
+			uuid := r.createNode(t)
+			b, err := pxe.New(slog.New(slog.NewTextHandler(t.Output(), nil)), nil, pxe.Options{
+				Root: filepath.Join(state, "boot"), HTTPURL: bootURL, APIURL: apiURL,
+				DeployKernel: kernel, DeployRamdisk: initrd, KernelAppend: "console=ttyS0 panic=-1",
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			n := &node.Node{UUID: uuid, ProvisionState: node.StateDeploying}
+			if tc.uefi {
+				n.BootMode = "uefi"
+			}
+			if err := b.PrepareRamdisk(t.Context(), n, []*node.Port{{UUID: "p", Address: vmMAC, PXEEnabled: true}}); err != nil {
+				t.Fatal(err)
+			}
+
+			serial := r.runVM(t, qemu, work, tc.uefi)
+			logs, _ := os.ReadFile(logFile)
+			t.Logf("%s: VM booted and powered off %.1f s after the rig started", tc.name, time.Since(start).Seconds())
+			check := func(what string, ok bool) {
+				t.Helper()
+				if !ok {
+					t.Errorf("%s\n--- serial (tail) ---\n%s\n--- conductor log (tail) ---\n%s", what, tail(serial, 3000), tail(string(logs), 6000))
+				}
+			}
+			m := regexp.MustCompile(`INGOT-INIT-UP cmdline=(.*)`).FindStringSubmatch(serial)
+			check("the initramfs never ran", m != nil)
+			if m == nil {
+				return
+			}
+			cmdline := m[1]
+			for _, want := range []string{"BOOTIF=01-52-54-00-12-34-56", "ipa-api-url=" + apiURL, "initrd=deploy_ramdisk", "console=ttyS0"} {
+				check("kernel command line lacks "+want+": "+cmdline, strings.Contains(cmdline, want))
+			}
+			log := string(logs)
+			has := func(msg string, attrs ...string) bool {
+				for _, line := range strings.Split(log, "\n") {
+					ok := strings.Contains(line, `msg="`+msg+`"`)
+					for _, a := range attrs {
+						ok = ok && regexp.MustCompile(`(^| )`+a+`( |$)`).MatchString(line)
+					}
+					if ok {
+						return true
+					}
+				}
+				return false
+			}
+			check("no boot script was served", has("boot script served", "mac="+vmMAC, "node="+uuid))
+			check("the kernel was not fetched over HTTP", has("boot http", "path=/nodes/"+uuid+"/deploy_kernel", "status=200", `bytes=\d{7,}`))
+			check("the initramfs was not fetched over HTTP", has("boot http", "path=/nodes/"+uuid+"/deploy_ramdisk", "status=200"))
+			switch tc.mode {
+			case "full":
+				check("no lease in full mode", has("dhcp lease", "mac="+vmMAC))
+			case "proxy":
+				check("no ProxyDHCP answer with the script", has("dhcp boot answer", "mac="+vmMAC, "file="+bootURL+"/ipxe/52-54-00-12-34-56"))
+				check("the conductor handed out an address in proxy mode", !has("dhcp lease"))
+				udhcpd, _ := os.ReadFile(r.udhcpdLog)
+				check("udhcpd gave no lease:\n"+string(udhcpd), strings.Contains(string(udhcpd), "sending ACK to 10.99.0.2"))
+			}
+			var path []string
+			for _, line := range strings.Split(log, "\n") {
+				for _, msg := range []string{"dhcp boot answer", "dhcp lease", "tftp sent", "boot http"} {
+					if strings.Contains(line, `msg="`+msg+`"`) {
+						path = append(path, line)
+					}
+				}
+			}
+			t.Logf("boot path seen by the conductor:\n%s", strings.Join(path, "\n"))
+			if tc.chainload {
+				binary := "undionly.kpxe"
+				if tc.uefi {
+					binary = "snponly.efi"
+				}
+				check(binary+" was not sent by TFTP", has("tftp sent", "file="+binary))
+				check("the chain-loaded iPXE did not get its script URL", has("dhcp boot answer", "mac="+vmMAC, "ipxe=true", "file="+bootURL+"/ipxe/52-54-00-12-34-56"))
+			}
+		})
+	}
+}
+
+// bootRig is a namespace with br0 (10.99.0.1/24) and tap0 for the VM,
+// and in proxy mode a second namespace running udhcpd on the bridge.
+type bootRig struct {
+	ns        *netnstest.NS
+	udhcpdLog string
+}
+
+func newBootRig(t *testing.T, mode string) *bootRig {
+	t.Helper()
+	r := &bootRig{ns: netnstest.New(t, "ingot-pxe")}
+	r.ns.Sysctl("net.ipv6.conf.default.accept_dad", "0")
+	r.ns.IP("link", "add", "br0", "type", "bridge")
+	r.ns.IP("addr", "add", serverIP+"/24", "dev", "br0")
+	r.ns.IP("link", "set", "br0", "up")
+	r.ns.IP("tuntap", "add", "dev", "tap0", "mode", "tap")
+	r.ns.IP("link", "set", "tap0", "master", "br0")
+	r.ns.IP("link", "set", "tap0", "up")
+	if mode == "proxy" {
+		busybox := peertest.Binary(t, "busybox", "busybox")
+		dhcp := netnstest.New(t, "ingot-pxe-dhcp")
+		r.ns.Veth("vb", dhcp, "vd")
+		r.ns.IP("link", "set", "vb", "master", "br0")
+		r.ns.IP("link", "set", "vb", "up")
+		dhcp.IP("addr", "add", "10.99.0.2/24", "dev", "vd")
+		dhcp.IP("link", "set", "vd", "up")
+		dir := t.TempDir()
+		conf := filepath.Join(dir, "udhcpd.conf")
+		err := os.WriteFile(conf, []byte(fmt.Sprintf("start 10.99.0.200\nend 10.99.0.220\ninterface vd\n"+
+			"lease_file %s/leases\npidfile %s/pid\nopt subnet 255.255.255.0\nopt router 10.99.0.2\nopt lease 600\n", dir, dir)), 0o644)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd := dhcp.Command(context.Background(), busybox, "udhcpd", "-f", conf)
+		r.udhcpdLog = filepath.Join(dir, "udhcpd.log")
+		out, err := os.Create(r.udhcpdLog)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd.Stdout, cmd.Stderr = out, out
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			cmd.Process.Kill()
+			cmd.Wait()
+			log, _ := os.ReadFile(out.Name())
+			t.Logf("udhcpd log:\n%s", tail(string(log), 2000))
+		})
+	}
+	return r
+}
+
+// startConductor runs the conductor binary in the namespace and waits
+// until its servers listen. It returns the log file.
+func (r *bootRig) startConductor(t *testing.T, bin string, args []string) string {
+	t.Helper()
+	logFile := filepath.Join(t.TempDir(), "conductor.log")
+	out, err := os.Create(logFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := r.ns.Command(context.Background(), bin, args...)
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case err := <-exited:
+			if err != nil {
+				t.Errorf("conductor exit: %v", err)
+			}
+		case <-time.After(30 * time.Second):
+			cmd.Process.Kill()
+			t.Error("conductor did not stop on SIGTERM")
+		}
+		out.Close()
+	})
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		log, _ := os.ReadFile(logFile)
+		if strings.Contains(string(log), "boot HTTP listening") && strings.Contains(string(log), "tftp listening") &&
+			strings.Contains(string(log), "API listening") {
+			return logFile
+		}
+		select {
+		case err := <-exited:
+			t.Fatalf("conductor exited: %v\n%s", err, log)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("conductor did not start:\n%s", log)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// createNode registers the VM as a node with an ipxe boot interface and a
+// pxe-enabled port, through the conductor's API.
+func (r *bootRig) createNode(t *testing.T) string {
+	t.Helper()
+	post := func(path, body string) map[string]any {
+		out, err := r.ns.Command(t.Context(), "curl", "-sS", "-f", "-X", "POST", "-H", "Content-Type: application/json",
+			"-H", "X-OpenStack-Ironic-API-Version: 1.78", "-d", body, apiURL+path).CombinedOutput()
+		if err != nil {
+			t.Fatalf("POST %s: %v\n%s", path, err, out)
+		}
+		var v map[string]any
+		if err := json.Unmarshal(out, &v); err != nil {
+			t.Fatalf("POST %s: %v\n%s", path, err, out)
+		}
+		return v
+	}
+	n := post("/v1/nodes", `{"name":"pxe-vm","driver":"fake-hardware","boot_interface":"ipxe"}`)
+	uuid, _ := n["uuid"].(string)
+	post("/v1/ports", fmt.Sprintf(`{"node_uuid":%q,"address":%q,"pxe_enabled":true}`, uuid, vmMAC))
+	return uuid
+}
+
+// runVM boots the VM from the network and returns its serial console
+// output once it powered itself off.
+func (r *bootRig) runVM(t *testing.T, qemu, work string, uefi bool) string {
+	t.Helper()
+	serial := filepath.Join(t.TempDir(), "serial.log")
+	args := []string{"-accel", "tcg", "-cpu", "max", "-m", "512", "-nographic", "-no-reboot",
+		"-serial", "file:" + serial, "-monitor", "none",
+		"-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no",
+		"-device", "virtio-net-pci,netdev=n0,mac=" + vmMAC}
+	if uefi {
+		vars := filepath.Join(t.TempDir(), "OVMF_VARS.fd")
+		data, err := os.ReadFile("/usr/share/OVMF/OVMF_VARS_4M.fd")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(vars, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		args = append(args, "-drive", "if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd",
+			"-drive", "if=pflash,format=raw,file="+vars)
+	} else {
+		args = append(args, "-boot", "n")
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 150*time.Second)
+	defer cancel()
+	out, err := r.ns.Command(ctx, qemu, args...).CombinedOutput()
+	data, _ := os.ReadFile(serial)
+	if ctx.Err() != nil {
+		t.Errorf("the VM did not power off within 150 s")
+	} else if err != nil {
+		t.Errorf("qemu: %v\n%s", err, out)
+	}
+	return string(data)
+}
+
+// fetchKernel runs the project's kernel fetch script (the cache lives in
+// build/kernel at the repository root).
+func fetchKernel(t *testing.T) string {
+	t.Helper()
+	peertest.Binary(t, "apt-get", "apt")
+	peertest.Binary(t, "dpkg-deb", "dpkg")
+	root, err := filepath.Abs("../..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.CommandContext(t.Context(), filepath.Join(root, "scripts", "fetch-kernel.sh"), filepath.Join(root, "build", "kernel"))
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		peertest.Missing(t, "Debian's cloud kernel ("+err.Error()+": "+stderr.String()+")", "scripts/fetch-kernel.sh needs apt access")
+	}
+	return strings.TrimSpace(string(out))
+}
+
+// buildConductor builds the conductor binary that ships.
+func buildConductor(t *testing.T, dir string) string {
+	t.Helper()
+	bin := filepath.Join(dir, "conductor")
+	cmd := exec.CommandContext(t.Context(), "go", "build", "-o", bin, "github.com/ingot-dev/ingot/conductor/cmd/conductor")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build conductor: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// buildInitramfs builds testdata/init as a static binary and packs it
+// as /init into a gzipped newc cpio, with /dev/console and /proc.
+func buildInitramfs(t *testing.T, dir string) string {
+	t.Helper()
+	bin := filepath.Join(dir, "init")
+	cmd := exec.CommandContext(t.Context(), "go", "build", "-trimpath", "-ldflags=-s -w", "-o", bin, "./testdata/init")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build init: %v\n%s", err, out)
+	}
+	init, err := os.ReadFile(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "initramfs.cpio.gz")
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	zw := gzip.NewWriter(f)
+	err = writeCpio(zw, []cpioEntry{
+		{name: "dev", mode: syscall.S_IFDIR | 0o755},
+		{name: "dev/console", mode: syscall.S_IFCHR | 0o600, rdevMajor: 5, rdevMinor: 1},
+		{name: "proc", mode: syscall.S_IFDIR | 0o755},
+		{name: "init", mode: syscall.S_IFREG | 0o755, data: init},
+	})
+	if err == nil {
+		err = zw.Close()
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+type cpioEntry struct {
+	name                 string
+	mode                 uint32
+	data                 []byte
+	rdevMajor, rdevMinor uint32
+}
+
+// writeCpio writes entries in the kernel's initramfs format (newc cpio).
+func writeCpio(w io.Writer, entries []cpioEntry) error {
+	pad := func(n int) []byte { return make([]byte, (4-n%4)%4) }
+	write := func(ino int, e cpioEntry) error {
+		nlink := 1
+		if e.mode&syscall.S_IFMT == syscall.S_IFDIR {
+			nlink = 2
+		}
+		hdr := fmt.Sprintf("070701%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X",
+			ino, e.mode, 0, 0, nlink, 0, len(e.data), 0, 0, e.rdevMajor, e.rdevMinor, len(e.name)+1, 0)
+		var b bytes.Buffer
+		b.WriteString(hdr)
+		b.WriteString(e.name)
+		b.WriteByte(0)
+		b.Write(pad(len(hdr) + len(e.name) + 1))
+		b.Write(e.data)
+		b.Write(pad(len(e.data)))
+		_, err := w.Write(b.Bytes())
+		return err
+	}
+	for i, e := range entries {
+		if err := write(i+1, e); err != nil {
+			return err
+		}
+	}
+	return write(0, cpioEntry{name: "TRAILER!!!"})
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return "..." + s[len(s)-n:]
+	}
+	return s
+}
