@@ -732,3 +732,63 @@ func FuzzHandle(f *testing.F) {
 		}
 	})
 }
+
+// TestCapturedPackets classifies and answers DHCP requests captured from
+// real firmware booting in QEMU (the QEMU PXE test with
+// INGOT_CAPTURE_DHCP set): the iPXE ROM on BIOS and UEFI, the chain-loaded
+// undionly.kpxe and snponly.efi, and OVMF's own UEFI PXE.
+func TestCapturedPackets(t *testing.T) {
+	const vm = "52:54:00:12:34:56"
+	script := "http://10.99.0.1:8080/ipxe/52-54-00-12-34-56"
+	for _, tc := range []struct {
+		file     string
+		want     Client
+		wantFile string // proxy mode's answer
+	}{
+		{"ipxe-rom-bios-discover.bin", Client{MAC: vm, Type: dhcpv4.MessageTypeDiscover, Firmware: FirmwareBIOS, Arch: iana.INTEL_X86PC, IPXE: true}, script},
+		// Captured in full mode: it names 10.99.0.1, so it is answered.
+		{"ipxe-rom-bios-request.bin", Client{MAC: vm, Type: dhcpv4.MessageTypeRequest, Firmware: FirmwareBIOS, Arch: iana.INTEL_X86PC, IPXE: true}, script},
+		{"undionly-kpxe-discover.bin", Client{MAC: vm, Type: dhcpv4.MessageTypeDiscover, Firmware: FirmwareBIOS, Arch: iana.INTEL_X86PC, IPXE: true}, script},
+		{"ipxe-rom-efi-discover.bin", Client{MAC: vm, Type: dhcpv4.MessageTypeDiscover, Firmware: FirmwareUEFI, Arch: iana.EFI_X86_64, IPXE: true}, script},
+		{"snponly-efi-discover.bin", Client{MAC: vm, Type: dhcpv4.MessageTypeDiscover, Firmware: FirmwareUEFI, Arch: iana.EFI_X86_64, IPXE: true}, script},
+		{"ovmf-pxe-discover.bin", Client{MAC: vm, Type: dhcpv4.MessageTypeDiscover, Firmware: FirmwareUEFI, Arch: iana.EFI_X86_64}, "snponly.efi"},
+		// The request goes to the real DHCP server (udhcpd): left alone.
+		{"ovmf-pxe-request.bin", Client{MAC: vm, Type: dhcpv4.MessageTypeRequest, Firmware: FirmwareUEFI, Arch: iana.EFI_X86_64}, ""},
+	} {
+		t.Run(tc.file, func(t *testing.T) {
+			b, err := os.ReadFile(filepath.Join("testdata", "packets", tc.file))
+			if err != nil {
+				t.Fatal(err)
+			}
+			req, err := dhcpv4.FromBytes(b)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := Classify(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(tc.want, got); diff != "" {
+				t.Errorf("Classify (-want +got):\n%s", diff)
+			}
+			s, err := New(nodes{vm: true}, testLog(t), Options{Mode: ModeProxy, ServerIP: serverIP, ScriptURL: scriptURL, FirmwareURL: firmwareURL})
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp, err := s.Handle(t.Context(), req, false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			gotFile := ""
+			if resp != nil {
+				gotFile = resp.BootFileNameOption()
+				if guid := req.Options.Get(dhcpv4.OptionClientMachineIdentifier); guid != nil && !bytes.Equal(resp.Options.Get(dhcpv4.OptionClientMachineIdentifier), guid) {
+					t.Errorf("the client's GUID (option 97) is not echoed")
+				}
+			}
+			if gotFile != tc.wantFile {
+				t.Errorf("proxy answer file %q, want %q", gotFile, tc.wantFile)
+			}
+		})
+	}
+}

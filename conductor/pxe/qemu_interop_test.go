@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -55,6 +56,7 @@ func TestInteropQEMUPXEBoot(t *testing.T) {
 		mode      string
 		chainload bool
 		uefi      bool
+		noROM     bool // firmware's own network boot instead of QEMU's iPXE ROM
 	}{
 		// The QEMU ROM is iPXE already; --dhcp-chainload-ipxe makes the
 		// first DHCP answer undionly.kpxe by TFTP anyway, so the path a
@@ -64,6 +66,10 @@ func TestInteropQEMUPXEBoot(t *testing.T) {
 		{name: "proxy mode BIOS next to udhcpd", mode: "proxy"},
 		{name: "full mode UEFI", mode: "full", uefi: true},
 		{name: "full mode UEFI chainloading snponly.efi by TFTP", mode: "full", chainload: true, uefi: true},
+		// OVMF's own UEFI PXE (no iPXE ROM on the NIC) is the plain
+		// firmware every real UEFI server has: snponly.efi by TFTP, then
+		// the script.
+		{name: "proxy mode UEFI firmware PXE", mode: "proxy", uefi: true, noROM: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if tc.uefi {
@@ -88,6 +94,9 @@ func TestInteropQEMUPXEBoot(t *testing.T) {
 				args = append(args, "--dhcp-chainload-ipxe")
 			}
 			logFile := r.startConductor(t, conductor, args)
+			if dir := os.Getenv("INGOT_CAPTURE_DHCP"); dir != "" {
+				r.captureDHCP(t, filepath.Join(dir, strings.ReplaceAll(tc.name, " ", "-")))
+			}
 
 			// Register the node and its port through the API, then write
 			// its agent boot the way the deploy flow does.
@@ -107,7 +116,7 @@ func TestInteropQEMUPXEBoot(t *testing.T) {
 				t.Fatal(err)
 			}
 
-			serial := r.runVM(t, qemu, work, tc.uefi)
+			serial := r.runVM(t, qemu, work, tc.uefi, tc.noROM)
 			logs, _ := os.ReadFile(logFile)
 			t.Logf("%s: VM booted and powered off %.1f s after the rig started", tc.name, time.Since(start).Seconds())
 			check := func(what string, ok bool) {
@@ -159,7 +168,7 @@ func TestInteropQEMUPXEBoot(t *testing.T) {
 				}
 			}
 			t.Logf("boot path seen by the conductor:\n%s", strings.Join(path, "\n"))
-			if tc.chainload {
+			if tc.chainload || tc.noROM {
 				binary := "undionly.kpxe"
 				if tc.uefi {
 					binary = "snponly.efi"
@@ -295,13 +304,13 @@ func (r *bootRig) createNode(t *testing.T) string {
 
 // runVM boots the VM from the network and returns its serial console
 // output once it powered itself off.
-func (r *bootRig) runVM(t *testing.T, qemu, work string, uefi bool) string {
+func (r *bootRig) runVM(t *testing.T, qemu, work string, uefi, noROM bool) string {
 	t.Helper()
 	serial := filepath.Join(t.TempDir(), "serial.log")
 	args := []string{"-accel", "tcg", "-cpu", "max", "-m", "512", "-nographic", "-no-reboot",
 		"-serial", "file:" + serial, "-monitor", "none",
 		"-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no",
-		"-device", "virtio-net-pci,netdev=n0,mac=" + vmMAC}
+		"-device", "virtio-net-pci,netdev=n0,mac=" + vmMAC + map[bool]string{true: ",romfile="}[noROM]}
 	if uefi {
 		vars := filepath.Join(t.TempDir(), "OVMF_VARS.fd")
 		data, err := os.ReadFile("/usr/share/OVMF/OVMF_VARS_4M.fd")
@@ -430,6 +439,53 @@ func writeCpio(w io.Writer, entries []cpioEntry) error {
 	}
 	return write(0, cpioEntry{name: "TRAILER!!!"})
 }
+
+// captureDHCP saves the payload of every DHCP request crossing br0
+// (UDP to port 67 or 4011) into dir, one file per packet: the captures
+// under conductor/dhcpd/testdata/packets were made this way
+// (INGOT_CAPTURE_DHCP=dir).
+func (r *bootRig) captureDHCP(t *testing.T, dir string) {
+	t.Helper()
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	var fd int
+	if err := r.ns.Do(func() error {
+		ifi, err := net.InterfaceByName("br0")
+		if err != nil {
+			return err
+		}
+		fd, err = syscall.Socket(syscall.AF_PACKET, syscall.SOCK_DGRAM, int(htons(syscall.ETH_P_IP)))
+		if err != nil {
+			return err
+		}
+		return syscall.Bind(fd, &syscall.SockaddrLinklayer{Protocol: htons(syscall.ETH_P_IP), Ifindex: ifi.Index})
+	}); err != nil {
+		t.Fatalf("capture: %v", err)
+	}
+	t.Cleanup(func() { syscall.Close(fd) })
+	go func() {
+		buf := make([]byte, 65536)
+		for i := 0; ; {
+			n, _, err := syscall.Recvfrom(fd, buf, 0)
+			if err != nil {
+				return
+			}
+			p := buf[:n]
+			if n < 28 || p[9] != syscall.IPPROTO_UDP {
+				continue
+			}
+			udp := p[int(p[0]&0x0f)*4:]
+			if port := int(udp[2])<<8 | int(udp[3]); port != 67 && port != 4011 {
+				continue
+			}
+			i++
+			os.WriteFile(filepath.Join(dir, fmt.Sprintf("%02d-port%d.bin", i, int(udp[2])<<8|int(udp[3]))), udp[8:], 0o644)
+		}
+	}()
+}
+
+func htons(v uint16) uint16 { return v<<8 | v>>8 }
 
 func tail(s string, n int) string {
 	if len(s) > n {
