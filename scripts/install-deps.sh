@@ -10,7 +10,7 @@ pkgs=(
   # real peers for interop tests
   postgresql                                         # multi-conductor store
   openipmi ipmitool                                  # ipmi_sim BMC simulator + CLI cross-check
-  atftp tftp-hpa tftpd-hpa udhcpc                    # TFTP/DHCP clients and the TFTP baseline server
+  atftp tftp-hpa tftpd-hpa udhcpc busybox            # TFTP/DHCP clients, the TFTP baseline server, udhcpd for ProxyDHCP tests
   tgt libiscsi-bin                                   # iSCSI target and initiator tools
   # virtual node
   qemu-system-x86 qemu-utils ipxe-qemu ipxe ovmf netcat-openbsd

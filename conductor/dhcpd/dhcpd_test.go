@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -570,6 +571,7 @@ func TestServeDropsBadPacketsAndKeepsServing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	before := runtime.NumGoroutine()
 	conn := newPacketConn()
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error, 1)
@@ -594,6 +596,12 @@ func TestServeDropsBadPacketsAndKeepsServing(t *testing.T) {
 	cancel()
 	if err := <-done; err != nil {
 		t.Errorf("Serve = %v after cancel, want nil", err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); runtime.NumGoroutine() > before; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Errorf("goroutines leaked: %d before Serve, %d after", before, runtime.NumGoroutine())
+			break
+		}
 	}
 	r := conn.replies()
 	if len(r) != 1 || r[0].to != "255.255.255.255:68" || r[0].pkt.BootFileNameOption() != "undionly.kpxe" {
