@@ -77,6 +77,11 @@ type Options struct {
 	// empty) and AgentInsecure its ipa-insecure flag.
 	AgentTLS      string
 	AgentInsecure bool
+	// AgentRetries and AgentPowerOffDelay (seconds) bound the script's
+	// download retries and the wait before it powers a node off that
+	// could not load the agent (ipxe's defaults, 10 and 30, when 0).
+	AgentRetries       int
+	AgentPowerOffDelay int
 	// Unknown is what a machine with an unknown MAC is told: "exit"
 	// (next boot device; the default) or "retry" (ask again after
 	// UnknownRetryDelay seconds).
@@ -502,8 +507,9 @@ func (b *Booter) agentScript(n *node.Node) (*agentBoot, error) {
 	a.Agent = ipxe.Agent{
 		Node: n.UUID, Purpose: purpose(n.ProvisionState), Firmware: firmware(n),
 		KernelURL: b.imageURL(n.UUID, kernelName, kernel), RamdiskURL: b.imageURL(n.UUID, ramdiskName, ramdisk),
-		Append: appendParams,
-		Params: bootparam.Params{APIURLs: []string{b.opts.APIURL}, Insecure: b.opts.AgentInsecure, TLS: b.opts.AgentTLS},
+		Append:  appendParams,
+		Params:  bootparam.Params{APIURLs: []string{b.opts.APIURL}, Insecure: b.opts.AgentInsecure, TLS: b.opts.AgentTLS},
+		Retries: b.opts.AgentRetries, PowerOffDelay: b.opts.AgentPowerOffDelay,
 	}
 	if _, err := ipxe.RenderAgent(a.Agent); err != nil {
 		return nil, err

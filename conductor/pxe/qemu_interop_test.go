@@ -116,7 +116,7 @@ func TestInteropQEMUPXEBoot(t *testing.T) {
 				t.Fatal(err)
 			}
 
-			serial := r.runVM(t, qemu, work, tc.uefi, tc.noROM)
+			serial := r.runVM(t, qemu, vm{uefi: tc.uefi, noROM: tc.noROM})
 			logs, _ := os.ReadFile(logFile)
 			t.Logf("%s: VM booted and powered off %.1f s after the rig started", tc.name, time.Since(start).Seconds())
 			check := func(what string, ok bool) {
@@ -178,6 +178,119 @@ func TestInteropQEMUPXEBoot(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestInteropQEMUNodeScripts boots the two other scripts a node can get:
+// after deploy, a node left PXE-first boots its local disk (an MBR that
+// prints IMAGE-BOOTED and powers off); and a node whose agent kernel
+// cannot be downloaded retries, then powers itself off.
+func TestInteropQEMUNodeScripts(t *testing.T) {
+	peertest.Root(t, "network namespaces and tap devices")
+	qemu := peertest.Binary(t, "qemu-system-x86_64", "qemu-system-x86")
+	peertest.Binary(t, "curl", "curl")
+	work := t.TempDir()
+	conductor := buildConductor(t, work)
+	initrd := buildInitramfs(t, work)
+	for _, tc := range []struct {
+		name    string
+		prepare func(b *pxe.Booter, n *node.Node, ports []*node.Port) error
+		disk    bool
+		until   string
+		want    []string // on the serial console
+		log     []string // in the conductor log
+	}{
+		{name: "deployed node boots its disk", disk: true,
+			prepare: func(b *pxe.Booter, n *node.Node, ports []*node.Port) error {
+				n.Properties = map[string]any{"capabilities": "boot_mode:bios"}
+				return b.PrepareInstance(context.Background(), n, ports)
+			},
+			want: []string{"is deployed, booting from the local disk", "Booting from SAN device", "IMAGE-BOOTED"}},
+		{name: "agent download failure retries then powers off",
+			prepare: func(b *pxe.Booter, n *node.Node, ports []*node.Port) error {
+				n.DriverInfo = map[string]any{"deploy_kernel": bootURL + "/nodes/" + n.UUID + "/missing_kernel"}
+				return b.PrepareRamdisk(context.Background(), n, ports)
+			},
+			want: []string{"loading failed, retrying in 1 s (attempt 1 of 2)", "retrying in 2 s (attempt 2 of 2)",
+				"could not load the deploy agent after 2 attempts, powering off in 1 s", "this iPXE cannot power off, halted"},
+			until: "cannot power off, halted",
+			log:   []string{"/missing_kernel status=404"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newBootRig(t, "full")
+			state := t.TempDir()
+			logFile := r.startConductor(t, conductor, []string{
+				"--api-listen", serverIP + ":6385", "--state-dir", state, "--log-level", "debug",
+				"--boot-http-listen", serverIP + ":8080", "--tftp-listen", serverIP + ":69",
+				"--dhcp-mode", "full", "--dhcp-interface", "br0", "--dhcp-range", "10.99.0.100-10.99.0.150",
+			})
+			uuid := r.createNode(t)
+			b, err := pxe.New(slog.New(slog.NewTextHandler(t.Output(), nil)), nil, pxe.Options{
+				Root: filepath.Join(state, "boot"), HTTPURL: bootURL, APIURL: apiURL,
+				DeployKernel: initrd, DeployRamdisk: initrd, AgentRetries: 2, AgentPowerOffDelay: 1,
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := tc.prepare(b, &node.Node{UUID: uuid, ProvisionState: node.StateDeploying},
+				[]*node.Port{{UUID: "p", Address: vmMAC, PXEEnabled: true}}); err != nil {
+				t.Fatal(err)
+			}
+			v := vm{limit: 60 * time.Second, until: tc.until}
+			if tc.disk {
+				v.disk = filepath.Join(t.TempDir(), "disk.raw")
+				if err := os.WriteFile(v.disk, mbrDisk(), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			serial := r.runVM(t, qemu, v)
+			logs, _ := os.ReadFile(logFile)
+			flat := strings.ReplaceAll(serial, "\r\n", "") // iPXE wraps its output at 80 columns
+			for _, want := range tc.want {
+				if !strings.Contains(flat, want) {
+					t.Errorf("serial console lacks %q\n--- serial (tail) ---\n%q", want, tail(serial, 3000))
+				}
+			}
+			for _, want := range tc.log {
+				if !strings.Contains(string(logs), want) {
+					t.Errorf("conductor log lacks %q\n%s", want, tail(string(logs), 4000))
+				}
+			}
+		})
+	}
+}
+
+// mbrDisk is a 1 MiB disk whose MBR prints IMAGE-BOOTED on COM1 (waiting
+// for the transmitter before each byte) and powers the VM off through the
+// ACPI PM1a control port SeaBIOS sets up (0x604).
+func mbrDisk() []byte {
+	disk := make([]byte, 1<<20)
+	code := []byte{
+		0xfa,       // cli
+		0x31, 0xc0, // xor ax, ax
+		0x8e, 0xd8, // mov ds, ax
+		0xbe, 0x29, 0x7c, // mov si, 0x7c29 (the message)
+		0xac,       // next: lodsb
+		0x84, 0xc0, // test al, al
+		0x74, 0x12, // jz done
+		0x88, 0xc4, // mov ah, al
+		0xba, 0xfd, 0x03, // mov dx, 0x3fd (line status)
+		0xec,       // wait: in al, dx
+		0xa8, 0x20, // test al, 0x20 (transmitter empty)
+		0x74, 0xfb, // jz wait
+		0x88, 0xe0, // mov al, ah
+		0xba, 0xf8, 0x03, // mov dx, 0x3f8
+		0xee,       // out dx, al
+		0xeb, 0xe9, // jmp next
+		0xba, 0x04, 0x06, // done: mov dx, 0x604
+		0xb8, 0x00, 0x20, // mov ax, 0x2000 (SLP_EN, S5)
+		0xef,       // out dx, ax
+		0xf4,       // hlt
+		0xeb, 0xfd, // jmp hlt
+	}
+	n := copy(disk, code)
+	copy(disk[n:], "IMAGE-BOOTED\r\n\x00")
+	disk[510], disk[511] = 0x55, 0xaa
+	return disk
 }
 
 // bootRig is a namespace with br0 (10.99.0.1/24) and tap0 for the VM,
@@ -302,16 +415,38 @@ func (r *bootRig) createNode(t *testing.T) string {
 	return uuid
 }
 
+// vm describes the VM runVM starts.
+type vm struct {
+	uefi  bool
+	noROM bool   // firmware's own network boot instead of QEMU's iPXE ROM
+	disk  string // raw disk image, after the network in the boot order
+	until string // stop the VM once its console shows this, rather than wait for power-off
+	limit time.Duration
+}
+
+func (v vm) timeout() time.Duration {
+	if v.limit == 0 {
+		return 150 * time.Second
+	}
+	return v.limit
+}
+
 // runVM boots the VM from the network and returns its serial console
 // output once it powered itself off.
-func (r *bootRig) runVM(t *testing.T, qemu, work string, uefi, noROM bool) string {
+func (r *bootRig) runVM(t *testing.T, qemu string, v vm) string {
 	t.Helper()
 	serial := filepath.Join(t.TempDir(), "serial.log")
+	nic := "virtio-net-pci,netdev=n0,mac=" + vmMAC + ",bootindex=1"
+	if v.noROM {
+		nic += ",romfile="
+	}
 	args := []string{"-accel", "tcg", "-cpu", "max", "-m", "512", "-nographic", "-no-reboot",
 		"-serial", "file:" + serial, "-monitor", "none",
-		"-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no",
-		"-device", "virtio-net-pci,netdev=n0,mac=" + vmMAC + map[bool]string{true: ",romfile="}[noROM]}
-	if uefi {
+		"-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no", "-device", nic}
+	if v.disk != "" {
+		args = append(args, "-drive", "file="+v.disk+",format=raw,if=none,id=d0", "-device", "virtio-blk-pci,drive=d0,bootindex=2")
+	}
+	if v.uefi {
 		vars := filepath.Join(t.TempDir(), "OVMF_VARS.fd")
 		data, err := os.ReadFile("/usr/share/OVMF/OVMF_VARS_4M.fd")
 		if err != nil {
@@ -322,19 +457,38 @@ func (r *bootRig) runVM(t *testing.T, qemu, work string, uefi, noROM bool) strin
 		}
 		args = append(args, "-drive", "if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd",
 			"-drive", "if=pflash,format=raw,file="+vars)
-	} else {
-		args = append(args, "-boot", "n")
 	}
-	ctx, cancel := context.WithTimeout(t.Context(), 150*time.Second)
+	ctx, cancel := context.WithTimeout(t.Context(), v.timeout())
 	defer cancel()
-	out, err := r.ns.Command(ctx, qemu, args...).CombinedOutput()
-	data, _ := os.ReadFile(serial)
-	if ctx.Err() != nil {
-		t.Errorf("the VM did not power off within 150 s")
-	} else if err != nil {
-		t.Errorf("qemu: %v\n%s", err, out)
+	cmd := r.ns.Command(ctx, qemu, args...)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
 	}
-	return string(data)
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	for {
+		select {
+		case err := <-exited:
+			data, _ := os.ReadFile(serial)
+			if ctx.Err() != nil {
+				t.Errorf("the VM did not power off within %s", v.timeout())
+			} else if err != nil {
+				t.Errorf("qemu: %v\n%s", err, out.String())
+			}
+			return string(data)
+		case <-time.After(200 * time.Millisecond):
+			if v.until == "" {
+				continue
+			}
+			if data, _ := os.ReadFile(serial); bytes.Contains(data, []byte(v.until)) {
+				cmd.Process.Kill()
+				<-exited
+				return string(data)
+			}
+		}
+	}
 }
 
 // fetchKernel runs the project's kernel fetch script (the cache lives in
