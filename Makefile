@@ -62,6 +62,10 @@ fuzz: ## run every fuzz target for FUZZTIME each
 docs: ## regenerate docs generated from code (state diagram)
 	$(GO) test ./conductor/provision -run TestDiagrams -update
 
+.PHONY: kernel
+kernel: ## fetch Debian's cloud kernel into build/kernel (VM boot tests fetch it themselves too)
+	scripts/fetch-kernel.sh build/kernel
+
 .PHONY: deps
 deps: ## install the Debian packages the tests need (root)
 	scripts/install-deps.sh
