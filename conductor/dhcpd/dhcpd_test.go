@@ -405,6 +405,65 @@ func TestPoolExhaustion(t *testing.T) {
 	}
 }
 
+func TestNewPoolRefuses(t *testing.T) {
+	a := netip.MustParseAddr
+	for _, tc := range []struct {
+		name        string
+		first, last netip.Addr
+		lease       time.Duration
+	}{
+		{"reversed", a("10.0.0.9"), a("10.0.0.1"), time.Hour},
+		{"IPv6", a("fd00::1"), a("fd00::9"), time.Hour},
+		{"larger than a /16", a("10.0.0.0"), a("10.1.0.0"), time.Hour},
+		{"no lease time", a("10.0.0.1"), a("10.0.0.9"), 0},
+	} {
+		if _, err := NewPool(tc.first, tc.last, tc.lease, nil); err == nil {
+			t.Errorf("%s: NewPool accepted %s-%s", tc.name, tc.first, tc.last)
+		}
+	}
+	if _, err := NewPool(a("10.0.0.0"), a("10.0.255.255"), time.Hour, nil); err != nil {
+		t.Errorf("a /16: %v", err)
+	}
+}
+
+func TestPoolLeases(t *testing.T) {
+	now := time.Unix(1e9, 0)
+	p, err := NewPool(netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("10.0.0.2"), time.Hour, func() time.Time { return now })
+	if err != nil {
+		t.Fatal(err)
+	}
+	ip1, _ := p.Offer("m1", netip.Addr{})
+	if _, err := p.Commit("m1", ip1); err != nil {
+		t.Fatal(err)
+	}
+	ip2, _ := p.Offer("m2", ip1) // asks for a taken address: gets the other
+	if ip2 == ip1 {
+		t.Fatalf("m2 offered m1's address %s", ip1)
+	}
+	if _, err := p.Offer("m3", netip.Addr{}); err == nil {
+		t.Error("a third client got an address from a full two-address pool (m2's offer still holds)")
+	}
+	now = now.Add(time.Minute) // m2's offer expired
+	if ip, err := p.Offer("m3", netip.Addr{}); err != nil || ip != ip2 {
+		t.Errorf("after m2's offer expired, m3 got %s, %v", ip, err)
+	}
+	if _, err := p.Commit("m2", ip1); !errors.Is(err, ErrTaken) {
+		t.Errorf("m2 committing m1's address: %v, want ErrTaken", err)
+	}
+	p.Decline("m1", ip1)
+	if _, err := p.Commit("m1", ip1); !errors.Is(err, ErrTaken) {
+		t.Errorf("a declined address was leased again: %v", err)
+	}
+	now = now.Add(2 * time.Hour)
+	if _, err := p.Commit("m1", ip1); err != nil {
+		t.Errorf("after the decline expired: %v", err)
+	}
+	p.Release("m1", ip1)
+	if ip, err := p.Offer("m9", ip1); err != nil || ip != ip1 {
+		t.Errorf("a released address is not offered again: %s, %v", ip, err)
+	}
+}
+
 func TestChainloadIPXE(t *testing.T) {
 	now := time.Unix(1e9, 0)
 	s := newServer(t, ModeFull, func(o *Options) {

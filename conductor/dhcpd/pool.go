@@ -16,6 +16,9 @@ var (
 	ErrTaken    = errors.New("address leased to another client")
 )
 
+// MaxPool is the largest address range a Pool manages (a /16).
+const MaxPool = 1 << 16
+
 // Lease is one address handed to one client.
 type Lease struct {
 	MAC     string
@@ -47,6 +50,10 @@ func NewPool(first, last netip.Addr, leaseTime time.Duration, now func() time.Ti
 	if !first.Is4() || !last.Is4() || last.Less(first) {
 		return nil, fmt.Errorf("dhcp range %s-%s: want two IPv4 addresses, the first not above the last", first, last)
 	}
+	if f, l := first.As4(), last.As4(); uint32(l[0])<<24|uint32(l[1])<<16|uint32(l[2])<<8|uint32(l[3])-
+		(uint32(f[0])<<24|uint32(f[1])<<16|uint32(f[2])<<8|uint32(f[3])) >= MaxPool {
+		return nil, fmt.Errorf("dhcp range %s-%s: more than %d addresses", first, last, MaxPool)
+	}
 	if leaseTime <= 0 {
 		return nil, fmt.Errorf("dhcp lease time %s: must be positive", leaseTime)
 	}
@@ -74,7 +81,7 @@ func (p *Pool) free(mac string, ip netip.Addr, now time.Time) bool {
 		return false
 	}
 	l := p.byIP[ip]
-	return l == nil || l.MAC == mac || now.After(l.Expires)
+	return l == nil || l.MAC == mac || !now.Before(l.Expires)
 }
 
 func (p *Pool) assign(mac string, ip netip.Addr, until time.Time, offered bool) Lease {
