@@ -16,6 +16,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -156,8 +157,16 @@ func (c *Config) Validate() error {
 			bad("state-dir is required for an SQLite database")
 		}
 	case strings.HasPrefix(c.Database, "postgres://"), strings.HasPrefix(c.Database, "postgresql://"):
-		if _, err := url.Parse(c.Database); err != nil {
+		u, err := url.Parse(c.Database)
+		switch {
+		case err != nil:
 			bad("database: %v", redactErr(err, c.Database))
+		case u.Hostname() == "" && u.Query().Get("host") == "":
+			bad("database %q: no host", RedactURL(c.Database))
+		case u.Port() != "" && checkPort(u.Port()) != nil:
+			bad("database %q: %v", RedactURL(c.Database), checkPort(u.Port()))
+		case strings.Trim(u.Path, "/") == "" || strings.ContainsAny(strings.Trim(u.Path, "/"), "/ "):
+			bad("database %q: want one database name in the path", RedactURL(c.Database))
 		}
 	default:
 		bad("database %q: want sqlite:// or postgres://", RedactURL(c.Database))
@@ -191,6 +200,10 @@ func checkListen(addr string) error {
 	if host != "" && net.ParseIP(host) == nil && host != "localhost" {
 		return fmt.Errorf("host %q is not an IP address", host)
 	}
+	return checkPort(port)
+}
+
+func checkPort(port string) error {
 	p, err := strconv.Atoi(port)
 	if err != nil || p < 0 || p > 65535 {
 		return fmt.Errorf("port %q out of range", port)
@@ -202,10 +215,16 @@ func redactErr(err error, secret string) error {
 	return errors.New(strings.ReplaceAll(err.Error(), secret, RedactURL(secret)))
 }
 
-// RedactURL hides the password of a URL.
+// userinfoRE finds the password of a URL that does not parse.
+var userinfoRE = regexp.MustCompile(`(://[^:/@]*):[^@/]*@`)
+
+// RedactURL hides the password of a URL, even a malformed one.
 func RedactURL(s string) string {
 	u, err := url.Parse(s)
-	if err != nil || u.User == nil {
+	if err != nil {
+		return userinfoRE.ReplaceAllString(s, "$1:******@")
+	}
+	if u.User == nil {
 		return s
 	}
 	if _, has := u.User.Password(); has {

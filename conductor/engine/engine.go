@@ -186,7 +186,7 @@ func (e *Engine) Run(ctx context.Context) error {
 	var workers sync.WaitGroup
 	for range e.opts.Workers {
 		workers.Go(func() {
-			for {
+			for ctx.Err() == nil {
 				select {
 				case <-ctx.Done():
 					return
@@ -298,23 +298,27 @@ func (e *Engine) get(ctx context.Context, ident string) (*node.Node, error) {
 
 // acquire reserves the node for this conductor, waiting briefly for a held
 // reservation. It returns the reserved node; the caller must release it.
+// Losing a race for the reservation counts as finding it held.
 func (e *Engine) acquire(ctx context.Context, ident string) (*node.Node, error) {
-	for attempt := 0; ; attempt++ {
+	waits := 0
+	for conflicts := 0; ; {
 		n, err := e.get(ctx, ident)
 		if err != nil {
 			return nil, err
 		}
 		if n.Reservation != "" {
-			if attempt >= e.opts.LockRetries {
+			if waits >= e.opts.LockRetries {
 				return nil, &node.LockedError{Node: n.UUID, Holder: n.Reservation}
 			}
+			waits++
 			if err := sleep(ctx, e.opts.LockRetryInterval); err != nil {
 				return nil, err
 			}
 			continue
 		}
 		err = e.store.SetReservation(ctx, n, e.opts.Conductor)
-		if errors.Is(err, node.ErrConflict) && attempt < e.opts.LockRetries {
+		if errors.Is(err, node.ErrConflict) && conflicts < 20 {
+			conflicts++ // someone wrote the node meanwhile; look again
 			continue
 		}
 		if err != nil {
