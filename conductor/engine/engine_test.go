@@ -62,7 +62,7 @@ type testDrivers struct{ power *flakyPower }
 
 func (d testDrivers) Power(*node.Node) (engine.Power, error)           { return d.power, nil }
 func (d testDrivers) Management(*node.Node) (engine.Management, error) { return noopMgmt{}, nil }
-func (d testDrivers) Validate(*node.Node) map[string]error            { return map[string]error{} }
+func (d testDrivers) Validate(*node.Node) map[string]error             { return map[string]error{} }
 
 type env struct {
 	db    *store.DB
