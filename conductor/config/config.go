@@ -65,6 +65,20 @@ type Config struct {
 	// ConductorHeartbeat is how often this conductor refreshes its
 	// liveness record.
 	ConductorHeartbeat time.Duration
+
+	// Agent-driven provisioning (Ironic's [api], [agent], [conductor] and
+	// [deploy] options of the same names).
+	HeartbeatTimeout             time.Duration
+	DeployCallbackTimeout        time.Duration
+	CleanCallbackTimeout         time.Duration
+	CheckInterval                time.Duration
+	PowerSyncInterval            time.Duration
+	AgentCommandTimeout          time.Duration
+	PostDeployPowerOffRetries    int
+	PostDeployPowerOffInterval   time.Duration
+	EraseDevicesPriority         int
+	EraseDevicesMetadataPriority int
+	MD5Allowed                   bool
 }
 
 // DefaultStateDir is /var/lib/ingot for root and the XDG state directory
@@ -107,6 +121,17 @@ func (c *Config) FlagSet(name string) *flag.FlagSet {
 	fs.DurationVar(&c.PowerStateTimeout, "power-state-timeout", 60*time.Second, "how long to wait for a power state change")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 30*time.Second, "how long graceful shutdown waits for running work")
 	fs.DurationVar(&c.ConductorHeartbeat, "conductor-heartbeat", 10*time.Second, "how often this conductor refreshes its liveness record")
+	fs.DurationVar(&c.HeartbeatTimeout, "heartbeat-timeout", 300*time.Second, "handed to agents: they heartbeat every 0.3-0.6 of it")
+	fs.DurationVar(&c.DeployCallbackTimeout, "deploy-callback-timeout", 1800*time.Second, "fail a deployment whose agent is silent this long")
+	fs.DurationVar(&c.CleanCallbackTimeout, "clean-callback-timeout", 1800*time.Second, "fail a cleaning whose agent is silent this long")
+	fs.DurationVar(&c.CheckInterval, "check-interval", 60*time.Second, "how often callback timeouts are checked")
+	fs.DurationVar(&c.PowerSyncInterval, "power-sync-interval", 120*time.Second, "how often power states are compared with the BMCs (0 disables)")
+	fs.DurationVar(&c.AgentCommandTimeout, "agent-command-timeout", 60*time.Second, "timeout of each request to an agent")
+	fs.IntVar(&c.PostDeployPowerOffRetries, "post-deploy-power-off-retries", 6, "power state polls after the agent's power off before forcing it")
+	fs.DurationVar(&c.PostDeployPowerOffInterval, "post-deploy-power-off-interval", 5*time.Second, "interval of those polls")
+	fs.IntVar(&c.EraseDevicesPriority, "erase-devices-priority", 0, "priority of the full-disk erase in automated cleaning (0 disables)")
+	fs.IntVar(&c.EraseDevicesMetadataPriority, "erase-devices-metadata-priority", 99, "priority of the metadata erase in automated cleaning (0 disables)")
+	fs.BoolVar(&c.MD5Allowed, "md5-allowed", false, "let agents verify images against MD5 checksums")
 	return fs
 }
 
@@ -184,10 +209,22 @@ func (c *Config) Validate() error {
 		bad("max-limit %d: must be positive", c.MaxLimit)
 	}
 	for name, d := range map[string]time.Duration{"power-state-timeout": c.PowerStateTimeout,
-		"shutdown-timeout": c.ShutdownTimeout, "conductor-heartbeat": c.ConductorHeartbeat} {
+		"shutdown-timeout": c.ShutdownTimeout, "conductor-heartbeat": c.ConductorHeartbeat,
+		"heartbeat-timeout": c.HeartbeatTimeout, "deploy-callback-timeout": c.DeployCallbackTimeout,
+		"clean-callback-timeout": c.CleanCallbackTimeout, "check-interval": c.CheckInterval,
+		"agent-command-timeout": c.AgentCommandTimeout, "post-deploy-power-off-interval": c.PostDeployPowerOffInterval} {
 		if d <= 0 {
 			bad("%s %s: must be positive", name, d)
 		}
+	}
+	if c.PowerSyncInterval < 0 {
+		bad("power-sync-interval %s: must not be negative", c.PowerSyncInterval)
+	}
+	if c.HeartbeatTimeout > 0 && c.DeployCallbackTimeout > 0 && c.DeployCallbackTimeout < c.HeartbeatTimeout {
+		bad("deploy-callback-timeout %s is shorter than heartbeat-timeout %s: live agents would time out", c.DeployCallbackTimeout, c.HeartbeatTimeout)
+	}
+	if c.PostDeployPowerOffRetries < 0 || c.EraseDevicesPriority < 0 || c.EraseDevicesMetadataPriority < 0 {
+		bad("retry counts and step priorities must not be negative")
 	}
 	return errors.Join(errs...)
 }

@@ -17,12 +17,14 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/ingot-dev/ingot/conductor/agentclient"
 	"github.com/ingot-dev/ingot/conductor/config"
 	"github.com/ingot-dev/ingot/conductor/engine"
 	"github.com/ingot-dev/ingot/conductor/httpapi"
 	"github.com/ingot-dev/ingot/conductor/node"
 	"github.com/ingot-dev/ingot/conductor/power"
 	"github.com/ingot-dev/ingot/conductor/store"
+	"github.com/ingot-dev/ingot/shared/api"
 	"github.com/ingot-dev/ingot/shared/buildinfo"
 )
 
@@ -58,6 +60,31 @@ func (d Drivers) Management(n *node.Node) (engine.Management, error) {
 	return c, nil
 }
 
+// Agent adapts the agent client to what the engine consumes.
+type Agent struct{ C *agentclient.Client }
+
+// Execute runs a command on an agent.
+func (a Agent) Execute(ctx context.Context, ep engine.AgentEndpoint, name string, params any, wait bool) (*api.CommandResult, error) {
+	res, err := a.C.Execute(ctx, agentclient.Endpoint(ep), name, params, wait)
+	return res, agentErr(err)
+}
+
+// Commands lists an agent's commands.
+func (a Agent) Commands(ctx context.Context, ep engine.AgentEndpoint) ([]api.CommandResult, error) {
+	res, err := a.C.Commands(ctx, agentclient.Endpoint(ep))
+	return res, agentErr(err)
+}
+
+func agentErr(err error) error {
+	switch {
+	case errors.Is(err, agentclient.ErrBusy):
+		return fmt.Errorf("%w: %v", engine.ErrAgentBusy, err)
+	case errors.Is(err, agentclient.ErrUnreachable):
+		return fmt.Errorf("%w: %v", engine.ErrAgentUnreachable, err)
+	}
+	return err
+}
+
 // DriverTable returns the power and management drivers this conductor
 // enables, by interface name.
 func DriverTable() *power.Drivers {
@@ -91,15 +118,32 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Service, e
 		return nil, err
 	}
 	automated := cfg.AutomatedClean
+	powerSync := cfg.PowerSyncInterval
+	if powerSync == 0 {
+		powerSync = -1 // disabled
+	}
+	agents := Agent{agentclient.New(agentclient.Options{Timeout: cfg.AgentCommandTimeout, Log: log.With("component", "agentclient")})}
 	eng := engine.New(db, Drivers{DriverTable()}, log.With("component", "engine"), engine.Options{
-		Conductor:         cfg.ConductorName,
-		AutomatedClean:    &automated,
-		PowerStateTimeout: cfg.PowerStateTimeout,
-		ShutdownTimeout:   cfg.ShutdownTimeout,
+		Conductor:                  cfg.ConductorName,
+		AutomatedClean:             &automated,
+		PowerStateTimeout:          cfg.PowerStateTimeout,
+		ShutdownTimeout:            cfg.ShutdownTimeout,
+		Agent:                      agents,
+		HeartbeatTimeout:           cfg.HeartbeatTimeout,
+		DeployCallbackTimeout:      cfg.DeployCallbackTimeout,
+		CleanCallbackTimeout:       cfg.CleanCallbackTimeout,
+		CheckInterval:              cfg.CheckInterval,
+		PowerSyncInterval:          powerSync,
+		PostDeployPowerOffRetries:  cfg.PostDeployPowerOffRetries,
+		PostDeployPowerOffInterval: cfg.PostDeployPowerOffInterval,
+		CleanStepPriorities: map[string]int{"erase_devices": cfg.EraseDevicesPriority,
+			"erase_devices_metadata": cfg.EraseDevicesMetadataPriority},
+		MD5Allowed: cfg.MD5Allowed,
 	})
 	api := httpapi.New(eng, db, log.With("component", "api"), httpapi.Options{
 		PublicURL: cfg.PublicURL,
 		MaxLimit:  cfg.MaxLimit,
+		Agent:     httpapi.AgentConfig{HeartbeatTimeout: int(cfg.HeartbeatTimeout.Seconds()), MD5Allowed: cfg.MD5Allowed},
 	})
 	return &Service{cfg: cfg, log: log, db: db, eng: eng, api: api, apiLn: apiLn}, nil
 }

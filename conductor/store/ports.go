@@ -311,3 +311,24 @@ func (d *DB) KeepAlive(ctx context.Context, c node.Conductor, every time.Duratio
 		}
 	}
 }
+
+// NodeByMACs returns the node one of whose ports has one of the MAC
+// addresses, as Ironic's lookup does.
+func (d *DB) NodeByMACs(ctx context.Context, macs []string) (*node.Node, error) {
+	if len(macs) == 0 {
+		return nil, notFound("Node", "with no MAC address")
+	}
+	args := make([]any, len(macs))
+	for i, m := range macs {
+		args[i] = strings.ToLower(m)
+	}
+	var uuid string
+	err := d.sql.QueryRowContext(ctx, d.rebind("SELECT node_uuid FROM ports WHERE address IN ("+placeholders(len(macs))+") ORDER BY id LIMIT 1"), args...).Scan(&uuid)
+	if isNoRows(err) {
+		return nil, notFound("Node", "with addresses "+strings.Join(macs, ","))
+	}
+	if err != nil {
+		return nil, fmt.Errorf("look up node by MAC: %w", err)
+	}
+	return d.GetNode(ctx, uuid)
+}
