@@ -24,6 +24,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/ingot-dev/ingot/shared/api"
@@ -58,7 +59,14 @@ type Options struct {
 // Client talks to agents.
 type Client struct {
 	opts Options
+
+	mu         sync.Mutex
+	transports map[string]*http.Transport // by pinned CA ("" for plain HTTP)
 }
+
+// maxTransports bounds the pinned-certificate transports kept (one per
+// TLS agent); beyond it the oldest is closed.
+const maxTransports = 256
 
 // New returns a Client.
 func New(opts Options) *Client {
@@ -74,29 +82,53 @@ func New(opts Options) *Client {
 	if opts.Log == nil {
 		opts.Log = slog.New(slog.DiscardHandler)
 	}
-	return &Client{opts: opts}
+	return &Client{opts: opts, transports: map[string]*http.Transport{}}
 }
 
+// httpClient returns a client for an endpoint. Transports are shared (one
+// for plain HTTP, one per pinned agent certificate) so the agent polled on
+// every heartbeat is reached over a kept-alive connection.
 func (c *Client) httpClient(ep Endpoint) (*http.Client, error) {
+	key := ""
+	if strings.HasPrefix(ep.URL, "https://") {
+		key = "tls:" + ep.VerifyCA
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if tr, ok := c.transports[key]; ok {
+		return &http.Client{Transport: tr, Timeout: c.opts.Timeout}, nil
+	}
 	tr := &http.Transport{
 		DialContext:           (&net.Dialer{Timeout: 10 * time.Second}).DialContext,
 		TLSHandshakeTimeout:   10 * time.Second,
 		ResponseHeaderTimeout: c.opts.Timeout,
-		DisableKeepAlives:     true,
+		MaxIdleConns:          512,
+		MaxIdleConnsPerHost:   4,
+		IdleConnTimeout:       30 * time.Second,
 	}
-	if strings.HasPrefix(ep.URL, "https://") {
+	if key != "" {
 		cfg := &tls.Config{MinVersion: tls.VersionTLS12}
 		if ep.VerifyCA != "" {
 			pool := x509.NewCertPool()
 			if !pool.AppendCertsFromPEM([]byte(ep.VerifyCA)) {
 				return nil, errors.New("agent_verify_ca holds no PEM certificate")
 			}
-			cfg.RootCAs = pool
 			// The agent's self-signed certificate names its IP in the SAN;
 			// the pool pins exactly that certificate.
+			cfg.RootCAs = pool
 		}
 		tr.TLSClientConfig = cfg
 	}
+	if len(c.transports) >= maxTransports {
+		for k, old := range c.transports {
+			if k != "" {
+				old.CloseIdleConnections()
+				delete(c.transports, k)
+				break
+			}
+		}
+	}
+	c.transports[key] = tr
 	return &http.Client{Transport: tr, Timeout: c.opts.Timeout}, nil
 }
 

@@ -254,7 +254,7 @@ func (d directDeploy) tearDownRamdisk(ctx context.Context, n *node.Node) error {
 // deployment as far as it can (the next agent step is started and awaited
 // on later heartbeats). What to do is derived from the stored plan and the
 // agent's report, so a repeated heartbeat repeats nothing.
-func (e *Engine) continueDeploy(ctx context.Context, n *node.Node) {
+func (e *Engine) continueDeploy(ctx context.Context, n *node.Node, cmds []api.CommandResult) {
 	ep, ok := endpoint(n)
 	if !ok || e.opts.Agent == nil || n.Interfaces.Deploy != "direct" {
 		return
@@ -275,10 +275,12 @@ func (e *Engine) continueDeploy(ctx context.Context, n *node.Node) {
 			return
 		}
 	}
-	cmds, err := e.opts.Agent.Commands(ctx, ep)
-	if err != nil {
-		e.log.Warn("list agent commands: retrying on the next heartbeat", "node", n.UUID, "err", err)
-		return
+	if cmds == nil {
+		var err error
+		if cmds, err = e.opts.Agent.Commands(ctx, ep); err != nil {
+			e.log.Warn("list agent commands: retrying on the next heartbeat", "node", n.UUID, "err", err)
+			return
+		}
 	}
 	e.runDeploySteps(ctx, n, ep, cmds)
 }
@@ -475,7 +477,17 @@ func (e *Engine) recordProgress(ctx context.Context, n *node.Node, step string, 
 	if cmd == nil || cmd.Progress == nil {
 		return
 	}
-	p := cmd.Progress
+	if old, ok := n.DriverInternalInfo[diDeployProgress].(map[string]any); ok && num(old["bytes"]) == int(cmd.Progress.Bytes) {
+		return
+	}
+	setInternal(n, diDeployProgress, progressOf(step, cmd.Progress))
+	if err := e.save(ctx, n); err != nil {
+		e.log.Warn("record deploy progress", "node", n.UUID, "err", err)
+	}
+}
+
+// progressOf renders an agent's progress for driver_internal_info.
+func progressOf(step string, p *api.Progress) map[string]any {
 	prog := map[string]any{"step": step, "bytes": p.Bytes, "percent": p.Percent}
 	if p.Total > 0 {
 		prog["total"] = p.Total
@@ -486,13 +498,7 @@ func (e *Engine) recordProgress(ctx context.Context, n *node.Node, step string, 
 	if p.Resumes > 0 {
 		prog["resumes"] = p.Resumes
 	}
-	if old, ok := n.DriverInternalInfo[diDeployProgress].(map[string]any); ok && num(old["bytes"]) == int(p.Bytes) {
-		return
-	}
-	setInternal(n, diDeployProgress, prog)
-	if err := e.save(ctx, n); err != nil {
-		e.log.Warn("record deploy progress", "node", n.UUID, "err", err)
-	}
+	return prog
 }
 
 // runConductorStep runs one of the conductor's own deploy steps.
@@ -659,7 +665,7 @@ func (e *Engine) endClean(ctx context.Context, n *node.Node, ev node.Event, msg 
 // from the agent's steps on the first heartbeat (automated: the agent's
 // steps with a positive priority, after the conductor's overrides; manual:
 // the operator's steps), then starts each step and waits for it.
-func (e *Engine) continueClean(ctx context.Context, n *node.Node) {
+func (e *Engine) continueClean(ctx context.Context, n *node.Node, cmds []api.CommandResult) {
 	ep, ok := endpoint(n)
 	if !ok || e.opts.Agent == nil || n.Interfaces.Deploy != "direct" {
 		return
@@ -687,10 +693,12 @@ func (e *Engine) continueClean(ctx context.Context, n *node.Node) {
 			return
 		}
 	}
-	cmds, err := e.opts.Agent.Commands(ctx, ep)
-	if err != nil {
-		e.log.Warn("list agent commands: retrying on the next heartbeat", "node", n.UUID, "err", err)
-		return
+	if cmds == nil {
+		var err error
+		if cmds, err = e.opts.Agent.Commands(ctx, ep); err != nil {
+			e.log.Warn("list agent commands: retrying on the next heartbeat", "node", n.UUID, "err", err)
+			return
+		}
 	}
 	steps, idx := stepsOf(n, diCleanSteps, diCleanStepIndex)
 	for idx < len(steps) {

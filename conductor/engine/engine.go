@@ -26,6 +26,7 @@ type Store interface {
 	GetNode(ctx context.Context, ident string) (*node.Node, error)
 	CreateNode(ctx context.Context, n *node.Node) error
 	UpdateNode(ctx context.Context, n *node.Node) error
+	UpdateNodeInternal(ctx context.Context, n *node.Node) error
 	SetReservation(ctx context.Context, n *node.Node, holder string) error
 	DeleteNode(ctx context.Context, uuid string, version int64) error
 	ReleaseReservations(ctx context.Context, holder string) (int64, error)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/ingot-dev/ingot/conductor/node"
 	"github.com/ingot-dev/ingot/shared/api"
@@ -107,9 +108,9 @@ func (e *Engine) agentRestarted(ctx context.Context, n *node.Node) {
 var errHeartbeat = node.ErrInvalid
 
 // Heartbeat takes an agent's heartbeat: it checks the token and the
-// callback URL, records the agent, and in a waiting state runs the next
-// step of the deploy or cleaning in the background. Heartbeats in other
-// states are ignored, as Ironic does (the caller still answers 202).
+// callback URL, then lets a background task record it and, in a waiting
+// state, move the deploy or cleaning on. Heartbeats in other states are
+// ignored, as Ironic does (the caller still answers 202).
 func (e *Engine) Heartbeat(ctx context.Context, ident string, hb api.HeartbeatRequest) error {
 	n, err := e.store.GetNode(ctx, ident)
 	if err != nil {
@@ -123,55 +124,135 @@ func (e *Engine) Heartbeat(ctx context.Context, ident string, hb api.HeartbeatRe
 		e.log.Debug("heartbeat ignored in this state", "node", n.UUID, "state", n.ProvisionState)
 		return nil
 	}
-	if n.Reservation != "" {
-		if _, known := n.DriverInternalInfo[diAgentURL]; !known {
-			return &node.LockedError{Node: n.UUID, Holder: n.Reservation}
+	if _, known := n.DriverInternalInfo[diAgentURL]; !known && n.Reservation != "" {
+		// Ironic answers 409 early so a new agent retries soon.
+		return &node.LockedError{Node: n.UUID, Holder: n.Reservation}
+	}
+	received := e.now()
+	if !waiting {
+		if n.Reservation == "" {
+			recordHeartbeat(n, hb, received)
+			if err := e.store.UpdateNodeInternal(ctx, n); err != nil && !errors.Is(err, node.ErrConflict) {
+				return err
+			}
 		}
-		e.log.Debug("heartbeat skipped: node is locked", "node", n.UUID)
 		return nil
 	}
-	if err := e.store.SetReservation(ctx, n, e.opts.Conductor); err != nil {
-		if errors.Is(err, node.ErrConflict) {
-			return nil // someone else is working on it; the next heartbeat comes soon
-		}
-		return err
-	}
-	handedOff := false
-	defer func() {
-		if !handedOff {
-			e.release(context.WithoutCancel(ctx), n)
-		}
-	}()
+	return e.spawn(n.UUID, "heartbeat", func(ctx context.Context) { e.processHeartbeat(ctx, n, hb, received) })
+}
+
+// recordHeartbeat notes the agent on the node, as Ironic does in
+// driver_internal_info.
+func recordHeartbeat(n *node.Node, hb api.HeartbeatRequest, at time.Time) {
 	setInternal(n, diAgentURL, hb.CallbackURL)
 	setInternal(n, diAgentVersion, hb.AgentVersion)
-	setInternal(n, diAgentLastHB, e.now().UTC().Format("2006-01-02T15:04:05.000000"))
+	setInternal(n, diAgentLastHB, at.UTC().Format("2006-01-02T15:04:05.000000"))
 	if hb.AgentVerifyCA != "" {
 		setInternal(n, diAgentVerifyCA, hb.AgentVerifyCA)
 	}
-	if waiting {
-		n.ProvisionUpdatedAt = e.now() // a live agent keeps the callback timer from firing
+}
+
+// touchEvery bounds how stale provision_updated_at may get while a live
+// agent keeps a step running: the callback timer is reset at least this
+// often, not on every heartbeat.
+func (e *Engine) touchEvery() time.Duration {
+	return min(time.Minute, e.opts.DeployCallbackTimeout/10, e.opts.CleanCallbackTimeout/10)
+}
+
+// processHeartbeat runs in the background for a heartbeat in a waiting
+// state. The common case, an agent step this conductor started still
+// running, takes no lock and at most one narrow write; anything else takes
+// the node and moves its operation on.
+func (e *Engine) processHeartbeat(ctx context.Context, n *node.Node, hb api.HeartbeatRequest, received time.Time) {
+	handled, cmds := e.pollRunningStep(ctx, n, hb, received)
+	if handled {
+		return
 	}
+	for attempt := 0; ; attempt++ {
+		if n.Reservation != "" {
+			e.log.Debug("heartbeat skipped: node is locked", "node", n.UUID)
+			return
+		}
+		err := e.store.SetReservation(ctx, n, e.opts.Conductor)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, node.ErrConflict) || attempt >= 3 {
+			return
+		}
+		fresh, gerr := e.store.GetNode(ctx, n.UUID)
+		if gerr != nil || checkHeartbeat(fresh, hb) != nil || !slices.Contains(heartbeatStates, fresh.ProvisionState) {
+			return // the node moved on; this heartbeat is stale
+		}
+		n = fresh
+	}
+	defer e.release(context.WithoutCancel(ctx), n)
+	recordHeartbeat(n, hb, received)
+	n.ProvisionUpdatedAt = received // a live agent keeps the callback timer from firing
 	if err := e.save(ctx, n); err != nil {
-		return err
+		e.log.Warn("record heartbeat", "node", n.UUID, "err", err)
+		return
 	}
-	if !waiting {
-		return nil
-	}
-	var process func(context.Context, *node.Node)
 	switch n.ProvisionState {
 	case node.StateDeployWait:
-		process = e.continueDeploy
+		e.continueDeploy(ctx, n, cmds)
 	case node.StateCleanWait:
-		process = e.continueClean
+		e.continueClean(ctx, n, cmds)
 	}
-	if err := e.spawn(n.UUID, "heartbeat", func(ctx context.Context) {
-		defer e.release(context.WithoutCancel(ctx), n)
-		process(ctx, n)
-	}); err != nil {
-		return err
+}
+
+// pollRunningStep handles a heartbeat while the agent runs a step this
+// conductor started: it asks the agent, and if the step still runs, records
+// progress (and refreshes the callback timer now and then) with one
+// version-checked write, without the node's lock. It reports whether the
+// heartbeat was handled; false leaves it to the locked path, with the
+// agent's command list if it was read.
+func (e *Engine) pollRunningStep(ctx context.Context, n *node.Node, hb api.HeartbeatRequest, received time.Time) (bool, []api.CommandResult) {
+	if n.Reservation != "" || e.opts.Agent == nil || n.Interfaces.Deploy != "direct" {
+		return false, nil
 	}
-	handedOff = true
-	return nil
+	kind, stepsKey, indexKey, current := "deploy", diDeploySteps, diDeployStepIndex, n.DeployStep
+	if n.ProvisionState == node.StateCleanWait {
+		kind, stepsKey, indexKey, current = "clean", diCleanSteps, diCleanStepIndex, n.CleanStep
+	}
+	steps, idx := stepsOf(n, stepsKey, indexKey)
+	if idx >= len(steps) || current == nil || current["step"] != steps[idx]["step"] {
+		return false, nil
+	}
+	name := fmt.Sprint(current["step"])
+	if _, ours := conductorSteps[name]; ours && name != stepWriteImage && kind == "deploy" {
+		return false, nil
+	}
+	ep, ok := endpoint(n)
+	if !ok || ep.URL != hb.CallbackURL {
+		return false, nil
+	}
+	cmds, err := e.opts.Agent.Commands(ctx, ep)
+	if err != nil {
+		return false, nil
+	}
+	status, cmd := agentStep(cmds, kind, name)
+	if status != stepRunning {
+		return false, cmds
+	}
+	changed := received.Sub(n.ProvisionUpdatedAt) >= e.touchEvery()
+	if changed {
+		n.ProvisionUpdatedAt = received
+		recordHeartbeat(n, hb, received)
+	}
+	if kind == "deploy" && cmd.Progress != nil {
+		old, _ := n.DriverInternalInfo[diDeployProgress].(map[string]any)
+		if old == nil || num(old["bytes"]) != int(cmd.Progress.Bytes) {
+			setInternal(n, diDeployProgress, progressOf(name, cmd.Progress))
+			changed = true
+		}
+	}
+	if changed {
+		if err := e.store.UpdateNodeInternal(ctx, n); err != nil && !errors.Is(err, node.ErrConflict) {
+			e.log.Warn("record agent progress", "node", n.UUID, "err", err)
+		}
+	}
+	return true, nil
 }
 
 // checkHeartbeat applies Ironic's checks to a heartbeat.
