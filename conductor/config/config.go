@@ -79,6 +79,13 @@ type Config struct {
 	EraseDevicesPriority         int
 	EraseDevicesMetadataPriority int
 	MD5Allowed                   bool
+
+	// ImageCacheDir and ImageCacheSize bound the conductor's image cache;
+	// ImageDownloadSource "local" makes agents fetch every image from it
+	// instead of from the image's own URL ("http", Ironic's default).
+	ImageCacheDir       string
+	ImageCacheSize      int64
+	ImageDownloadSource string
 }
 
 // DefaultStateDir is /var/lib/ingot for root and the XDG state directory
@@ -132,6 +139,9 @@ func (c *Config) FlagSet(name string) *flag.FlagSet {
 	fs.IntVar(&c.EraseDevicesPriority, "erase-devices-priority", 0, "priority of the full-disk erase in automated cleaning (0 disables)")
 	fs.IntVar(&c.EraseDevicesMetadataPriority, "erase-devices-metadata-priority", 99, "priority of the metadata erase in automated cleaning (0 disables)")
 	fs.BoolVar(&c.MD5Allowed, "md5-allowed", false, "let agents verify images against MD5 checksums")
+	fs.StringVar(&c.ImageCacheDir, "image-cache-dir", "", "image cache directory (default: <state-dir>/images)")
+	fs.Int64Var(&c.ImageCacheSize, "image-cache-size", 20<<30, "largest size of the image cache in bytes")
+	fs.StringVar(&c.ImageDownloadSource, "image-download-source", "http", "http: agents fetch images from their URLs; local: from the conductor's cache")
 	return fs
 }
 
@@ -152,6 +162,9 @@ func Load(args []string, usage io.Writer) (*Config, error) {
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected arguments: %v", fs.Args())
+	}
+	if c.ImageCacheDir == "" && c.StateDir != "" {
+		c.ImageCacheDir = filepath.Join(c.StateDir, "images")
 	}
 	if c.Database == "" && c.StateDir != "" {
 		abs, err := filepath.Abs(filepath.Join(c.StateDir, "ingot.db"))
@@ -222,6 +235,12 @@ func (c *Config) Validate() error {
 	}
 	if c.HeartbeatTimeout > 0 && c.DeployCallbackTimeout > 0 && c.DeployCallbackTimeout < c.HeartbeatTimeout {
 		bad("deploy-callback-timeout %s is shorter than heartbeat-timeout %s: live agents would time out", c.DeployCallbackTimeout, c.HeartbeatTimeout)
+	}
+	if c.ImageDownloadSource != "http" && c.ImageDownloadSource != "local" {
+		bad("image-download-source %q: want http or local", c.ImageDownloadSource)
+	}
+	if c.ImageCacheSize <= 0 {
+		bad("image-cache-size %d: must be positive", c.ImageCacheSize)
 	}
 	if c.PostDeployPowerOffRetries < 0 || c.EraseDevicesPriority < 0 || c.EraseDevicesMetadataPriority < 0 {
 		bad("retry counts and step priorities must not be negative")

@@ -444,7 +444,13 @@ func (e *Engine) imageInfo(ctx context.Context, n *node.Node) (*api.ImageInfo, e
 	}
 	info.ID = path.Base(u.Path)
 	info.URLs = []string{src}
-	viaCache := local || n.InstanceInfo["image_download_source"] == "local" || n.DriverInfo["image_download_source"] == "local"
+	source := e.opts.ImageDownloadSource
+	for _, m := range []map[string]any{n.DriverInfo, n.InstanceInfo} {
+		if s, ok := m["image_download_source"].(string); ok && s != "" {
+			source = s
+		}
+	}
+	viaCache := local || source == "local"
 	if viaCache {
 		if e.opts.Images == nil {
 			return nil, fmt.Errorf("image %s must be served by the conductor's image cache, which is not configured", src)

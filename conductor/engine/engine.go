@@ -149,6 +149,10 @@ type Options struct {
 	CleanStepPriorities map[string]int
 	// MD5Allowed lets agents accept MD5 image checksums.
 	MD5Allowed bool
+	// ImageDownloadSource is "http" (agents fetch images from their URLs)
+	// or "local" (from the conductor's image cache); a node's
+	// instance_info or driver_info image_download_source overrides it.
+	ImageDownloadSource string
 }
 
 // Engine applies provisioning to nodes.

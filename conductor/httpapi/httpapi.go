@@ -66,6 +66,8 @@ type Options struct {
 	Now func() time.Time
 	// Agent is the configuration lookup hands to agents.
 	Agent AgentConfig
+	// Images, when set, serves the conductor's image cache under /images/.
+	Images http.Handler
 }
 
 // Server is the API's HTTP handler.
@@ -142,6 +144,11 @@ func (s *Server) routes() {
 	v1.GET("/conductors/:hostname", s.showConductor)
 	s.ramdiskRoutes(v1)
 
+	if s.opts.Images != nil {
+		h := echo.WrapHandler(s.opts.Images)
+		e.GET("/images/*", h)
+		e.HEAD("/images/*", h)
+	}
 	e.RouteNotFound("/*", func(c *echo.Context) error {
 		return node.Errorf(node.ErrNotFound, "The resource could not be found.")
 	})

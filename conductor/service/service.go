@@ -21,6 +21,7 @@ import (
 	"github.com/ingot-dev/ingot/conductor/config"
 	"github.com/ingot-dev/ingot/conductor/engine"
 	"github.com/ingot-dev/ingot/conductor/httpapi"
+	"github.com/ingot-dev/ingot/conductor/imagecache"
 	"github.com/ingot-dev/ingot/conductor/node"
 	"github.com/ingot-dev/ingot/conductor/power"
 	"github.com/ingot-dev/ingot/conductor/store"
@@ -122,6 +123,17 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Service, e
 	if powerSync == 0 {
 		powerSync = -1 // disabled
 	}
+	imageBase := cfg.PublicURL
+	if imageBase == "" {
+		imageBase = "http://" + apiLn.Addr().String()
+	}
+	images, err := imagecache.New(imagecache.Options{Dir: cfg.ImageCacheDir, MaxBytes: cfg.ImageCacheSize,
+		BaseURL: imageBase, Log: log.With("component", "imagecache")})
+	if err != nil {
+		apiLn.Close()
+		db.Close()
+		return nil, err
+	}
 	agents := Agent{agentclient.New(agentclient.Options{Timeout: cfg.AgentCommandTimeout, Log: log.With("component", "agentclient")})}
 	eng := engine.New(db, Drivers{DriverTable()}, log.With("component", "engine"), engine.Options{
 		Conductor:                  cfg.ConductorName,
@@ -138,12 +150,15 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Service, e
 		PostDeployPowerOffInterval: cfg.PostDeployPowerOffInterval,
 		CleanStepPriorities: map[string]int{"erase_devices": cfg.EraseDevicesPriority,
 			"erase_devices_metadata": cfg.EraseDevicesMetadataPriority},
-		MD5Allowed: cfg.MD5Allowed,
+		MD5Allowed:          cfg.MD5Allowed,
+		Images:              images,
+		ImageDownloadSource: cfg.ImageDownloadSource,
 	})
 	api := httpapi.New(eng, db, log.With("component", "api"), httpapi.Options{
 		PublicURL: cfg.PublicURL,
 		MaxLimit:  cfg.MaxLimit,
 		Agent:     httpapi.AgentConfig{HeartbeatTimeout: int(cfg.HeartbeatTimeout.Seconds()), MD5Allowed: cfg.MD5Allowed},
+		Images:    images.Handler(),
 	})
 	return &Service{cfg: cfg, log: log, db: db, eng: eng, api: api, apiLn: apiLn}, nil
 }
