@@ -166,31 +166,36 @@ func (d directDeploy) deploy(ctx context.Context, n *node.Node) (node.Event, err
 func (d directDeploy) bootAgent(ctx context.Context, n *node.Node) error {
 	e := d.e
 	forgetAgent(n)
-	if n.Interfaces.Boot != "fake" {
-		if e.opts.Booter == nil {
-			return fmt.Errorf("boot interface %s needs the conductor's network boot services, which are not configured", n.Interfaces.Boot)
-		}
-		ports, err := e.store.PortsOfNode(ctx, n.UUID)
-		if err != nil {
-			return err
-		}
-		if err := e.opts.Booter.PrepareRamdisk(ctx, n, ports); err != nil {
-			return fmt.Errorf("prepare the deploy ramdisk: %w", err)
-		}
-	}
-	m, err := e.drivers.Management(n)
-	if err != nil {
+	if err := e.networkBoot(ctx, n, "prepare the deploy ramdisk", Booter.PrepareRamdisk); err != nil {
 		return err
 	}
-	if err := m.SetBootDevice(ctx, node.BootPXE, false, BootMode(n) == "uefi"); err != nil {
-		return fmt.Errorf("set boot device pxe: %w", err)
+	if err := e.setBootDevice(ctx, n, node.BootPXE, false); err != nil {
+		return err
 	}
-	setInternal(n, "boot_device", map[string]any{"boot_device": node.BootPXE, "persistent": false})
 	p, err := e.drivers.Power(n)
 	if err != nil {
 		return err
 	}
 	return e.setPower(ctx, n, p, node.PowerReboot, 0)
+}
+
+// networkBoot runs one of the boot interface's operations for a node that
+// boots over the network; "fake" boot interfaces have nothing to do.
+func (e *Engine) networkBoot(ctx context.Context, n *node.Node, what string, op func(Booter, context.Context, *node.Node, []*node.Port) error) error {
+	if n.Interfaces.Boot == "fake" {
+		return nil
+	}
+	if e.opts.Booter == nil {
+		return fmt.Errorf("%s: boot interface %s needs the conductor's network boot services, which are not configured", what, n.Interfaces.Boot)
+	}
+	ports, err := e.store.PortsOfNode(ctx, n.UUID)
+	if err != nil {
+		return err
+	}
+	if err := op(e.opts.Booter, ctx, n, ports); err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	return nil
 }
 
 func (d directDeploy) tearDown(ctx context.Context, n *node.Node) error {
@@ -559,23 +564,12 @@ func (e *Engine) prepareInstanceBoot(ctx context.Context, n *node.Node, ep Agent
 			return fmt.Errorf("Failed to install a bootloader when deploying node %s. %w", n.UUID, err)
 		}
 	}
-	if n.Interfaces.Boot != "fake" && e.opts.Booter != nil {
-		ports, err := e.store.PortsOfNode(ctx, n.UUID)
-		if err != nil {
-			return err
-		}
-		if err := e.opts.Booter.PrepareInstance(ctx, n, ports); err != nil {
-			return fmt.Errorf("prepare local boot: %w", err)
-		}
-	}
-	m, err := e.drivers.Management(n)
-	if err != nil {
+	if err := e.networkBoot(ctx, n, "prepare local boot", Booter.PrepareInstance); err != nil {
 		return err
 	}
-	if err := m.SetBootDevice(ctx, node.BootDisk, true, uefi); err != nil {
+	if err := e.setBootDevice(ctx, n, node.BootDisk, true); err != nil {
 		return fmt.Errorf("Failed to change the boot device to disk: %w", err)
 	}
-	setInternal(n, "boot_device", map[string]any{"boot_device": node.BootDisk, "persistent": true})
 	return nil
 }
 

@@ -322,6 +322,20 @@ func (e *Engine) spawn(uuid, name string, run func(ctx context.Context)) error {
 	}
 }
 
+// startTask runs work in the background on a node this conductor holds;
+// the task releases the node when it ends. A task that cannot be queued
+// releases the node at once.
+func (e *Engine) startTask(ctx context.Context, n *node.Node, name string, work func(ctx context.Context)) error {
+	err := e.spawn(n.UUID, name, func(ctx context.Context) {
+		defer e.release(context.WithoutCancel(ctx), n)
+		work(ctx)
+	})
+	if err != nil {
+		e.release(context.WithoutCancel(ctx), n)
+	}
+	return err
+}
+
 // Wait blocks until no background task is queued or running. Tests use it
 // to observe the state a verb ends in.
 func (e *Engine) Wait() { e.inflight.Wait() }

@@ -323,23 +323,7 @@ func (d *DB) ListNodes(ctx context.Context, q NodeQuery) ([]*node.Node, error) {
 	if q.Limit > 0 {
 		stmt += fmt.Sprintf(" LIMIT %d", q.Limit)
 	}
-	rows, err := d.query(ctx, stmt, args...)
-	if err != nil {
-		return nil, fmt.Errorf("list nodes: %w", err)
-	}
-	defer rows.Close()
-	var out []*node.Node
-	for rows.Next() {
-		n, err := scanNode(rows)
-		if err != nil {
-			return nil, fmt.Errorf("list nodes: %w", err)
-		}
-		out = append(out, n)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("list nodes: %w", err)
-	}
-	return out, nil
+	return collect(ctx, d, "list nodes", stmt, args, scanNode)
 }
 
 func sortSpec(key, dir string, allowed []string) (string, string, error) {
@@ -496,20 +480,8 @@ func (d *DB) NodesInStates(ctx context.Context, states ...node.State) ([]*node.N
 	for i, s := range states {
 		args[i] = string(s)
 	}
-	rows, err := d.query(ctx, "SELECT "+nodeColumns+" FROM nodes WHERE provision_state IN ("+placeholders(len(states))+") ORDER BY id", args...)
-	if err != nil {
-		return nil, fmt.Errorf("list nodes by state: %w", err)
-	}
-	defer rows.Close()
-	var out []*node.Node
-	for rows.Next() {
-		n, err := scanNode(rows)
-		if err != nil {
-			return nil, fmt.Errorf("list nodes by state: %w", err)
-		}
-		out = append(out, n)
-	}
-	return out, rows.Err()
+	return collect(ctx, d, "list nodes by state",
+		"SELECT "+nodeColumns+" FROM nodes WHERE provision_state IN ("+placeholders(len(states))+") ORDER BY id", args, scanNode)
 }
 
 // SetReservation sets (holder != "") or clears the node's reservation if

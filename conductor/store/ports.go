@@ -168,20 +168,7 @@ func (d *DB) ListPorts(ctx context.Context, q PortQuery) ([]*node.Port, error) {
 	if q.Limit > 0 {
 		stmt += fmt.Sprintf(" LIMIT %d", q.Limit)
 	}
-	rows, err := d.query(ctx, stmt, args...)
-	if err != nil {
-		return nil, fmt.Errorf("list ports: %w", err)
-	}
-	defer rows.Close()
-	var out []*node.Port
-	for rows.Next() {
-		p, err := scanPort(rows)
-		if err != nil {
-			return nil, fmt.Errorf("list ports: %w", err)
-		}
-		out = append(out, p)
-	}
-	return out, rows.Err()
+	return collect(ctx, d, "list ports", stmt, args, scanPort)
 }
 
 // UpdatePort writes p if its version is unchanged, then bumps it.

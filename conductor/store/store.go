@@ -199,6 +199,27 @@ func (d *DB) queryPrepared(ctx context.Context, q string, args ...any) (*sql.Row
 // Dialect reports the database flavour.
 func (d *DB) Dialect() Dialect { return d.dialect }
 
+// collect runs a query and scans every row with scan.
+func collect[T any](ctx context.Context, d *DB, what, q string, args []any, scan func(scanner) (T, error)) ([]T, error) {
+	rows, err := d.query(ctx, q, args...)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	defer rows.Close()
+	var out []T
+	for rows.Next() {
+		v, err := scan(rows)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", what, err)
+		}
+		out = append(out, v)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	return out, nil
+}
+
 // rebind turns ?-placeholders into $n for PostgreSQL.
 func (d *DB) rebind(q string) string {
 	if d.dialect != Postgres {
