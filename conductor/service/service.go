@@ -27,6 +27,7 @@ import (
 	"github.com/ingot-dev/ingot/conductor/store"
 	"github.com/ingot-dev/ingot/shared/api"
 	"github.com/ingot-dev/ingot/shared/buildinfo"
+	"github.com/ingot-dev/ingot/shared/imagestream"
 )
 
 // Service is a configured conductor, ready to Run.
@@ -86,6 +87,15 @@ func agentErr(err error) error {
 	return err
 }
 
+// Download is the image cache's downloader: the shared streamer, writing
+// the image as served (still compressed) and verifying its checksum.
+func Download(log *slog.Logger) imagecache.Downloader {
+	return func(ctx context.Context, info api.ImageInfo, dst *os.File) (string, string, error) {
+		res, err := imagestream.Stream(ctx, info, dst, imagestream.Options{NoDecompress: true, Log: log})
+		return res.Algo, res.Digest, err
+	}
+}
+
 // DriverTable returns the power and management drivers this conductor
 // enables, by interface name.
 func DriverTable() *power.Drivers {
@@ -128,7 +138,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Service, e
 		imageBase = "http://" + apiLn.Addr().String()
 	}
 	images, err := imagecache.New(imagecache.Options{Dir: cfg.ImageCacheDir, MaxBytes: cfg.ImageCacheSize,
-		BaseURL: imageBase, Log: log.With("component", "imagecache")})
+		BaseURL: imageBase, Download: Download(log.With("component", "imagecache")), Log: log.With("component", "imagecache")})
 	if err != nil {
 		apiLn.Close()
 		db.Close()
