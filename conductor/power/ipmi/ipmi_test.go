@@ -286,7 +286,9 @@ func TestUnreachableIsBounded(t *testing.T) {
 			// 3 attempts x 2 packets x 200ms, plus back-off.
 			bound: 3 * time.Second},
 		{name: "call timeout cuts a slow attempt short", setup: func(b *testBMC) { b.Blackhole() },
-			opts:  func(o *ipmi.Options) { o.PacketTimeout, o.PacketRetries, o.CallTimeout = 10*time.Second, 5, 150*time.Millisecond },
+			opts: func(o *ipmi.Options) {
+				o.PacketTimeout, o.PacketRetries, o.CallTimeout = 10*time.Second, 5, 150*time.Millisecond
+			},
 			bound: 2 * time.Second},
 	}
 	for _, tc := range tests {

@@ -234,7 +234,7 @@ func (c *testChassis) WarmReset(context.Context) error {
 		}
 	})
 }
-func (c *testChassis) Identify(context.Context, uint8) error    { return hal.ErrNotSupported }
+func (c *testChassis) Identify(context.Context, uint8) error { return hal.ErrNotSupported }
 func (c *testChassis) IntrusionState(context.Context) (bool, error) {
 	return false, hal.ErrNotSupported
 }
