@@ -64,6 +64,9 @@ type Config struct {
 	// ConductorHeartbeat is how often this conductor refreshes its
 	// liveness record.
 	ConductorHeartbeat time.Duration
+	// IPMICipherSuites lists the RMCP+ cipher suites the ipmitool driver
+	// tries, in order, for nodes whose driver_info pins none ("17,3").
+	IPMICipherSuites string
 }
 
 // DefaultStateDir is /var/lib/ingot for root and the XDG state directory
@@ -106,6 +109,7 @@ func (c *Config) FlagSet(name string) *flag.FlagSet {
 	fs.DurationVar(&c.PowerStateTimeout, "power-state-timeout", 60*time.Second, "how long to wait for a power state change")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 30*time.Second, "how long graceful shutdown waits for running work")
 	fs.DurationVar(&c.ConductorHeartbeat, "conductor-heartbeat", 10*time.Second, "how often this conductor refreshes its liveness record")
+	fs.StringVar(&c.IPMICipherSuites, "ipmi-cipher-suites", "17,3", "IPMI lanplus cipher suites tried in order when a node's driver_info has no ipmi_cipher_suite")
 	return fs
 }
 
@@ -180,7 +184,31 @@ func (c *Config) Validate() error {
 			bad("%s %s: must be positive", name, d)
 		}
 	}
+	if _, err := c.IPMICipherSuiteList(); err != nil {
+		bad("ipmi-cipher-suites: %v", err)
+	}
 	return errors.Join(errs...)
+}
+
+// IPMICipherSuiteList parses IPMICipherSuites: comma-separated cipher
+// suite IDs from 0 to 19, at least one.
+func (c *Config) IPMICipherSuiteList() ([]int, error) {
+	var out []int
+	for _, f := range strings.Split(c.IPMICipherSuites, ",") {
+		f = strings.TrimSpace(f)
+		if f == "" {
+			continue
+		}
+		id, err := strconv.Atoi(f)
+		if err != nil || id < 0 || id > 19 {
+			return nil, fmt.Errorf("%q is not a cipher suite ID (0 to 19)", f)
+		}
+		out = append(out, id)
+	}
+	if len(out) == 0 {
+		return nil, errors.New("want at least one cipher suite ID, e.g. 17,3")
+	}
+	return out, nil
 }
 
 func checkListen(addr string) error {
@@ -232,6 +260,7 @@ func (c *Config) LogValue() slog.Value {
 		slog.String("database", RedactURL(c.Database)),
 		slog.String("conductor", c.ConductorName),
 		slog.Bool("automated_clean", c.AutomatedClean),
+		slog.String("ipmi_cipher_suites", c.IPMICipherSuites),
 	)
 }
 

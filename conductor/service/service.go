@@ -22,6 +22,7 @@ import (
 	"github.com/ingot-dev/ingot/conductor/httpapi"
 	"github.com/ingot-dev/ingot/conductor/node"
 	"github.com/ingot-dev/ingot/conductor/power"
+	"github.com/ingot-dev/ingot/conductor/power/ipmi"
 	"github.com/ingot-dev/ingot/conductor/store"
 	"github.com/ingot-dev/ingot/shared/buildinfo"
 )
@@ -59,15 +60,19 @@ func (d Drivers) Management(n *node.Node) (engine.Management, error) {
 }
 
 // DriverTable returns the power and management drivers this conductor
-// enables, by interface name.
-func DriverTable() *power.Drivers {
+// enables, by interface name; "ipmitool" talks to BMCs with ipmiOpts and
+// logs to log.
+func DriverTable(log *slog.Logger, ipmiOpts ipmi.Options) *power.Drivers {
+	ipmiDrv := ipmi.New(log, ipmiOpts)
 	return &power.Drivers{
 		PowerDrivers: map[string]power.PowerDriver{
-			"fake": {New: power.NewFake},
+			"fake":     {New: power.NewFake},
+			"ipmitool": ipmiDrv.PowerDriver(),
 		},
 		ManagementDrivers: map[string]power.ManagementDriver{
-			"fake": {New: power.NewNoopManagement},
-			"noop": {New: power.NewNoopManagement},
+			"fake":     {New: power.NewNoopManagement},
+			"noop":     {New: power.NewNoopManagement},
+			"ipmitool": ipmiDrv.ManagementDriver(),
 		},
 	}
 }
@@ -90,8 +95,10 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Service, e
 		apiLn.Close()
 		return nil, err
 	}
+	suites, _ := cfg.IPMICipherSuiteList() // checked by Validate
+	drivers := DriverTable(log.With("component", "ipmi"), ipmi.Options{CipherSuites: suites})
 	automated := cfg.AutomatedClean
-	eng := engine.New(db, Drivers{DriverTable()}, log.With("component", "engine"), engine.Options{
+	eng := engine.New(db, Drivers{drivers}, log.With("component", "engine"), engine.Options{
 		Conductor:         cfg.ConductorName,
 		AutomatedClean:    &automated,
 		PowerStateTimeout: cfg.PowerStateTimeout,

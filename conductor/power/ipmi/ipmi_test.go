@@ -605,3 +605,43 @@ func TestDriverTable(t *testing.T) {
 		t.Errorf("SupportedBootDevices (-want +got):\n%s", diff)
 	}
 }
+
+// BenchmarkPowerState measures a power status read against the in-process
+// BMC as the driver does it (a session per call: open, RAKP, status,
+// close) side by side with a read inside an already open session, and
+// reports the ratio: the price of never holding sessions.
+func BenchmarkPowerState(b *testing.B) {
+	bm := startBMC(b, bmcOptions{})
+	c, err := ipmi.New(slog.New(slog.DiscardHandler), ipmi.Options{}).Controller(&node.Node{DriverInfo: bm.Info()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx := context.Background()
+	session, err := client.NewClient(bm.Addr, bm.Port, bm.User, bm.Pass)
+	if err != nil {
+		b.Fatal(err)
+	}
+	session.WithInterface(client.InterfaceLanplus).WithCipherSuiteID(types.CipherSuiteID17).WithTimeout(2 * time.Second)
+	if err := session.Connect(ctx); err != nil {
+		b.Fatal(err)
+	}
+	defer session.Close(ctx)
+	var perCall, inSession time.Duration
+	calls := 0
+	for b.Loop() {
+		start := time.Now()
+		if _, err := c.PowerState(ctx); err != nil {
+			b.Fatal(err)
+		}
+		mid := time.Now()
+		if _, err := session.GetChassisStatus(ctx); err != nil {
+			b.Fatal(err)
+		}
+		perCall += mid.Sub(start)
+		inSession += time.Since(mid)
+		calls++
+	}
+	b.ReportMetric(float64(perCall.Microseconds())/float64(calls), "µs/status-session-per-call")
+	b.ReportMetric(float64(inSession.Microseconds())/float64(calls), "µs/status-in-session")
+	b.ReportMetric(float64(perCall)/float64(inSession), "session-per-call/in-session")
+}

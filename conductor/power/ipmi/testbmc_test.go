@@ -40,7 +40,7 @@ type bmcOptions struct {
 	pass   string
 }
 
-func startBMC(t *testing.T, o bmcOptions) *testBMC {
+func startBMC(t testing.TB, o bmcOptions) *testBMC {
 	t.Helper()
 	if len(o.suites) == 0 {
 		o.suites = []types.CipherSuiteID{types.CipherSuiteID3, types.CipherSuiteID17}
