@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -644,4 +645,57 @@ func BenchmarkPowerState(b *testing.B) {
 	b.ReportMetric(float64(perCall.Microseconds())/float64(calls), "µs/status-session-per-call")
 	b.ReportMetric(float64(inSession.Microseconds())/float64(calls), "µs/status-in-session")
 	b.ReportMetric(float64(perCall)/float64(inSession), "session-per-call/in-session")
+}
+
+func TestOptionsValidate(t *testing.T) {
+	for _, tc := range []struct {
+		suites  []int
+		wantErr bool
+	}{{nil, false}, {[]int{17, 3}, false}, {[]int{0}, false}, {[]int{3, 42}, true}, {[]int{-1}, true}} {
+		err := ipmi.Options{CipherSuites: tc.suites}.Validate()
+		if (err != nil) != tc.wantErr {
+			t.Errorf("Options{CipherSuites: %v}.Validate() = %v, want error %v", tc.suites, err, tc.wantErr)
+		}
+	}
+}
+
+// TestNoGoroutineLeak: sessions closed politely, abandoned ones (a hung
+// BMC) and go-ipmi's keep-alive goroutines all end.
+func TestNoGoroutineLeak(t *testing.T) {
+	b := startBMC(t, bmcOptions{})
+	c, _ := controller(t, b, fast(), nil)
+	if _, err := c.PowerState(t.Context()); err != nil { // warm up the server's own goroutines
+		t.Fatal(err)
+	}
+	settle := func(limit int) int {
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			n := runtime.NumGoroutine()
+			if n <= limit || time.Now().After(deadline) {
+				return n
+			}
+			select {
+			case <-t.Context().Done():
+				t.Fatal(t.Context().Err())
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+	}
+	base := runtime.NumGoroutine()
+	for range 10 {
+		if _, err := c.PowerState(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	release := b.Blackhole()
+	for range 3 {
+		ctx, cancel := context.WithTimeout(t.Context(), 50*time.Millisecond)
+		_, _ = c.PowerState(ctx)
+		cancel()
+	}
+	release()
+	if n := settle(base); n > base {
+		buf := make([]byte, 1<<20)
+		t.Errorf("%d goroutines after the calls, %d before:\n%s", n, base, buf[:runtime.Stack(buf, true)])
+	}
 }
