@@ -212,7 +212,9 @@ func TestInteropAuthFailures(t *testing.T) {
 			if strings.Contains(logs.String(), "retrying") {
 				t.Errorf("retried:\n%s", logs)
 			}
-			if took := time.Since(start); took > time.Second {
+			// A retried or negotiated session would take 4 s or more; the
+			// margin is for a loaded CI machine.
+			if took := time.Since(start); took > 3*time.Second {
 				t.Errorf("took %s to report wrong credentials", took)
 			}
 			if strings.Contains(err.Error(), "not-the-password") || strings.Contains(logs.String(), "not-the-password") {
@@ -251,7 +253,8 @@ func TestInteropSessionVariants(t *testing.T) {
 			if st, err := c.PowerState(t.Context()); err != nil || st != node.PowerOn {
 				t.Fatalf("PowerState = %q, %v", st, err)
 			}
-			if took := time.Since(start); took > time.Second {
+			// Negotiating the cipher suite with ipmi_sim costs 4 s per call.
+			if took := time.Since(start); took > 3*time.Second {
 				t.Errorf("three calls took %s: the session setup is slow", took)
 			}
 		})
