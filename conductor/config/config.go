@@ -86,6 +86,9 @@ type Config struct {
 	ImageCacheDir       string
 	ImageCacheSize      int64
 	ImageDownloadSource string
+	// IPMICipherSuites lists the RMCP+ cipher suites the ipmitool driver
+	// tries, in order, for nodes whose driver_info pins none ("17,3").
+	IPMICipherSuites string
 }
 
 // DefaultStateDir is /var/lib/ingot for root and the XDG state directory
@@ -142,6 +145,7 @@ func (c *Config) FlagSet(name string) *flag.FlagSet {
 	fs.StringVar(&c.ImageCacheDir, "image-cache-dir", "", "image cache directory (default: <state-dir>/images)")
 	fs.Int64Var(&c.ImageCacheSize, "image-cache-size", 20<<30, "largest size of the image cache in bytes")
 	fs.StringVar(&c.ImageDownloadSource, "image-download-source", "http", "http: agents fetch images from their URLs; local: from the conductor's cache")
+	fs.StringVar(&c.IPMICipherSuites, "ipmi-cipher-suites", "17,3", "IPMI lanplus cipher suites tried in order when a node's driver_info has no ipmi_cipher_suite")
 	return fs
 }
 
@@ -245,7 +249,31 @@ func (c *Config) Validate() error {
 	if c.PostDeployPowerOffRetries < 0 || c.EraseDevicesPriority < 0 || c.EraseDevicesMetadataPriority < 0 {
 		bad("retry counts and step priorities must not be negative")
 	}
+	if _, err := c.IPMICipherSuiteList(); err != nil {
+		bad("ipmi-cipher-suites: %v", err)
+	}
 	return errors.Join(errs...)
+}
+
+// IPMICipherSuiteList parses IPMICipherSuites: comma-separated cipher
+// suite IDs from 0 to 19, at least one.
+func (c *Config) IPMICipherSuiteList() ([]int, error) {
+	var out []int
+	for _, f := range strings.Split(c.IPMICipherSuites, ",") {
+		f = strings.TrimSpace(f)
+		if f == "" {
+			continue
+		}
+		id, err := strconv.Atoi(f)
+		if err != nil || id < 0 || id > 19 {
+			return nil, fmt.Errorf("%q is not a cipher suite ID (0 to 19)", f)
+		}
+		out = append(out, id)
+	}
+	if len(out) == 0 {
+		return nil, errors.New("want at least one cipher suite ID, e.g. 17,3")
+	}
+	return out, nil
 }
 
 func checkListen(addr string) error {
@@ -307,6 +335,7 @@ func (c *Config) LogValue() slog.Value {
 		slog.String("database", RedactURL(c.Database)),
 		slog.String("conductor", c.ConductorName),
 		slog.Bool("automated_clean", c.AutomatedClean),
+		slog.String("ipmi_cipher_suites", c.IPMICipherSuites),
 	)
 }
 

@@ -20,6 +20,7 @@ import (
 	"github.com/ingot-dev/ingot/conductor/engine"
 	"github.com/ingot-dev/ingot/conductor/httpapi"
 	"github.com/ingot-dev/ingot/conductor/node"
+	"github.com/ingot-dev/ingot/conductor/power/ipmi"
 	"github.com/ingot-dev/ingot/conductor/service"
 	"github.com/ingot-dev/ingot/conductor/store"
 )
@@ -35,7 +36,7 @@ func benchEnv(b *testing.B, n, maxLimit int) (*store.DB, *httptest.Server) {
 	}
 	b.Cleanup(func() { db.Close() })
 	log := slog.New(slog.DiscardHandler)
-	eng := engine.New(db, service.Drivers{Drivers: service.DriverTable()}, log, engine.Options{Conductor: "bench"})
+	eng := engine.New(db, service.Drivers{Drivers: service.DriverTable(slog.New(slog.DiscardHandler), ipmi.Options{})}, log, engine.Options{Conductor: "bench"})
 	for i := range n {
 		nd := &node.Node{
 			UUID: uuid.NewString(), Name: fmt.Sprintf("node-%05d", i), Driver: "ipmi",
@@ -83,7 +84,7 @@ func BenchmarkListNodesDetail10k(b *testing.B) {
 	var storeDur, oneDur, pagedDur time.Duration
 	var bytesOne int
 	// The paged server needs the same data: point a second API at db.
-	pagedSrv := httptest.NewServer(httpapi.New(engine.New(db, service.Drivers{Drivers: service.DriverTable()}, slog.New(slog.DiscardHandler), engine.Options{}),
+	pagedSrv := httptest.NewServer(httpapi.New(engine.New(db, service.Drivers{Drivers: service.DriverTable(slog.New(slog.DiscardHandler), ipmi.Options{})}, slog.New(slog.DiscardHandler), engine.Options{}),
 		db, slog.New(slog.DiscardHandler), httpapi.Options{MaxLimit: 1000}))
 	defer pagedSrv.Close()
 	for b.Loop() {

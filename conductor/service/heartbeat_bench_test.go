@@ -23,6 +23,7 @@ import (
 	"github.com/ingot-dev/ingot/conductor/engine"
 	"github.com/ingot-dev/ingot/conductor/httpapi"
 	"github.com/ingot-dev/ingot/conductor/node"
+	"github.com/ingot-dev/ingot/conductor/power/ipmi"
 	"github.com/ingot-dev/ingot/conductor/service"
 	"github.com/ingot-dev/ingot/conductor/store"
 	"github.com/ingot-dev/ingot/shared/api"
@@ -65,7 +66,7 @@ func BenchmarkHeartbeats(b *testing.B) {
 	defer agentSrv.Close()
 
 	log := slog.New(slog.DiscardHandler)
-	eng := engine.New(db, service.Drivers{Drivers: service.DriverTable()}, log, engine.Options{
+	eng := engine.New(db, service.Drivers{Drivers: service.DriverTable(slog.New(slog.DiscardHandler), ipmi.Options{})}, log, engine.Options{
 		Conductor: "bench", Agent: service.Agent{C: agentclient.New(agentclient.Options{})},
 		CheckInterval: -1, PowerSyncInterval: -1, QueueSize: 8192, Workers: 128})
 	tokens := make([]string, nodes)

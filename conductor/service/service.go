@@ -24,6 +24,7 @@ import (
 	"github.com/ingot-dev/ingot/conductor/imagecache"
 	"github.com/ingot-dev/ingot/conductor/node"
 	"github.com/ingot-dev/ingot/conductor/power"
+	"github.com/ingot-dev/ingot/conductor/power/ipmi"
 	"github.com/ingot-dev/ingot/conductor/store"
 	"github.com/ingot-dev/ingot/shared/api"
 	"github.com/ingot-dev/ingot/shared/buildinfo"
@@ -97,15 +98,19 @@ func Download(log *slog.Logger) imagecache.Downloader {
 }
 
 // DriverTable returns the power and management drivers this conductor
-// enables, by interface name.
-func DriverTable() *power.Drivers {
+// enables, by interface name; "ipmitool" talks to BMCs with ipmiOpts and
+// logs to log.
+func DriverTable(log *slog.Logger, ipmiOpts ipmi.Options) *power.Drivers {
+	ipmiDrv := ipmi.New(log, ipmiOpts)
 	return &power.Drivers{
 		PowerDrivers: map[string]power.PowerDriver{
-			"fake": {New: power.NewFake},
+			"fake":     {New: power.NewFake},
+			"ipmitool": ipmiDrv.PowerDriver(),
 		},
 		ManagementDrivers: map[string]power.ManagementDriver{
-			"fake": {New: power.NewNoopManagement},
-			"noop": {New: power.NewNoopManagement},
+			"fake":     {New: power.NewNoopManagement},
+			"noop":     {New: power.NewNoopManagement},
+			"ipmitool": ipmiDrv.ManagementDriver(),
 		},
 	}
 }
@@ -128,6 +133,8 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Service, e
 		apiLn.Close()
 		return nil, err
 	}
+	suites, _ := cfg.IPMICipherSuiteList() // checked by Validate
+	drivers := DriverTable(log.With("component", "ipmi"), ipmi.Options{CipherSuites: suites})
 	automated := cfg.AutomatedClean
 	powerSync := cfg.PowerSyncInterval
 	if powerSync == 0 {
@@ -145,7 +152,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Service, e
 		return nil, err
 	}
 	agents := Agent{agentclient.New(agentclient.Options{Timeout: cfg.AgentCommandTimeout, Log: log.With("component", "agentclient")})}
-	eng := engine.New(db, Drivers{DriverTable()}, log.With("component", "engine"), engine.Options{
+	eng := engine.New(db, Drivers{drivers}, log.With("component", "engine"), engine.Options{
 		Conductor:                  cfg.ConductorName,
 		AutomatedClean:             &automated,
 		PowerStateTimeout:          cfg.PowerStateTimeout,
