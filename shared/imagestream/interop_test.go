@@ -267,4 +267,3 @@ func cuttingProxy(t *testing.T, addr string, cuts []int64) string {
 	})
 	return ln.Addr().String()
 }
-
