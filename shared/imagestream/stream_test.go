@@ -437,7 +437,6 @@ func TestStreamRefusesContainersAndMismatches(t *testing.T) {
 		diskFormat string
 		wantInMsg  string
 	}{
-		{"qcow2 bytes", qcow2, "qcow2", "qcow2"},
 		{"qcow2 bytes said to be raw", qcow2, "raw", "qcow2"},
 		{"gzip-compressed qcow2", gzipBytes(t, qcow2), "", "qcow2"},
 		{"zstd-compressed vmdk", zstdBytes(t, vmdk, false), "vmdk", "vmdk"},
