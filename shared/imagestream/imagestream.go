@@ -178,6 +178,14 @@ type permanentError struct{ err error }
 func (e *permanentError) Error() string { return e.err.Error() }
 func (e *permanentError) Unwrap() error { return e.err }
 
+// transientError marks an error retryable although some of the errors it
+// joins are permanent: one image URL of several failed for good, another
+// may answer next time.
+type transientError struct{ err error }
+
+func (e *transientError) Error() string { return e.err.Error() }
+func (e *transientError) Unwrap() error { return e.err }
+
 func permanent(err error) error {
 	if err == nil {
 		return nil
@@ -192,6 +200,9 @@ func permanent(err error) error {
 // stalls and ErrChanged are not permanent.
 func IsPermanent(err error) bool {
 	if err == nil {
+		return false
+	}
+	if te := (*transientError)(nil); errors.As(err, &te) {
 		return false
 	}
 	for _, s := range []error{ErrChecksum, ErrTooLarge, ErrUnsupportedFormat, ErrNoChecksum} {
