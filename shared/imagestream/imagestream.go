@@ -18,14 +18,25 @@
 // Checksum selection follows ironic-python-agent (os_hash_algo and
 // os_hash_value, a checksum file URL, or a bare checksum by length).
 //
-// qcow2 and other virtual-disk containers are never written raw: they are
-// refused with ErrUnsupportedFormat, as is a disk_format that contradicts
-// the bytes.
+// Virtual-disk containers are never written raw. A standalone qcow2 image
+// is converted without staging, in two passes: the file is read and
+// hashed first and nothing is written unless the checksum matches, then
+// its virtual disk is written through HTTP Range reads (see qcow2.go).
+// Other containers (vmdk, vhd, vhdx, vdi, qed, ploop), compressed qcow2
+// files and a disk_format that contradicts the bytes are refused with
+// ErrUnsupportedFormat before any write.
 //
-// The package imports only the standard library, shared/api and the
-// decompressors; it must not import agent or conductor code, and it does
-// not retry a failed Stream itself beyond resuming the transfer: callers
-// own the outer retry loop and use IsPermanent to decide.
+// Raw and compressed images are written 1 MiB at a time at 1 MiB-aligned
+// offsets, except the last write, from page-aligned buffers (qcow2 images
+// in writes aligned to their clusters): an O_DIRECT target works as long
+// as it accepts a short final write. Peak memory is about 20 MiB plus the
+// image's decompression window (measured by TestStreamPeakRSS).
+//
+// The package imports only the standard library, shared/api,
+// shared/buildinfo, the decompressors and the qcow2 reader; it must not
+// import agent or conductor code, and it does not retry a failed Stream
+// itself beyond resuming the transfer: callers own the outer retry loop
+// and use IsPermanent to decide.
 package imagestream
 
 import (
@@ -72,9 +83,10 @@ type Options struct {
 	// agent_md5_checksum_enable).
 	MD5Allowed bool
 	// Retries is how many consecutive failed attempts without progress
-	// are retried after the first (default 9, IPA's). A retry that
-	// receives bytes resets the count, so an image survives any number of
-	// dropped connections as long as each makes progress.
+	// are retried after the first (0 means the default, 9, IPA's;
+	// negative means none). A retry that receives bytes resets the
+	// count, so an image survives any number of dropped connections as
+	// long as each makes progress.
 	Retries int
 	// RetryInterval is the backoff base between attempts (default 10 s,
 	// IPA's): attempt n waits RetryInterval·2^(n-1), capped at six times
@@ -99,8 +111,12 @@ type Options struct {
 	// is about 20 MiB plus the image's window.
 	MaxWindow int64
 	// Progress is called at most every ProgressInterval while streaming,
-	// at each phase change and once at the end. Bytes only ever grows.
-	// It runs on the writing goroutine: keep it fast.
+	// at each phase change and once at the end (Phase* constants). Bytes
+	// (written) and Percent only ever grow; Total is the size to write
+	// when known (Content-Length of a raw image, the zstd frame content
+	// size, a qcow2's virtual size); without it Percent follows the
+	// served bytes. A qcow2 image's verifying pass is 0-50 %, its
+	// conversion 50-100 %. It runs on the writing goroutine: keep it fast.
 	Progress func(api.Progress)
 	// ProgressInterval is the minimum time between Progress calls
 	// (default 500 ms).
@@ -117,7 +133,7 @@ type Result struct {
 	Algo       string        // checksum algorithm verified ("sha256", "sha512", "md5", ...)
 	Digest     string        // hex digest verified (of the served bytes)
 	URL        string        // the URL the image came from (credentials redacted)
-	Served     int64         // bytes received from the server, counted once
+	Served     int64         // bytes of the file received and hashed (a qcow2's second-pass Range reads not counted)
 	Resumes    int           // how many times the download resumed after receiving bytes
 	Retries    int           // failed attempts that were retried (resumes included)
 	Duration   time.Duration // wall time of Stream
@@ -166,6 +182,14 @@ type permanentError struct{ err error }
 func (e *permanentError) Error() string { return e.err.Error() }
 func (e *permanentError) Unwrap() error { return e.err }
 
+// transientError marks an error retryable although some of the errors it
+// joins are permanent: one image URL of several failed for good, another
+// may answer next time.
+type transientError struct{ err error }
+
+func (e *transientError) Error() string { return e.err.Error() }
+func (e *transientError) Unwrap() error { return e.err }
+
 func permanent(err error) error {
 	if err == nil {
 		return nil
@@ -180,6 +204,9 @@ func permanent(err error) error {
 // stalls and ErrChanged are not permanent.
 func IsPermanent(err error) bool {
 	if err == nil {
+		return false
+	}
+	if te := (*transientError)(nil); errors.As(err, &te) {
 		return false
 	}
 	for _, s := range []error{ErrChecksum, ErrTooLarge, ErrUnsupportedFormat, ErrNoChecksum} {
