@@ -138,9 +138,9 @@ func Build(path string, opts Options) error {
 // powers the machine off through the ACPI PM1a control port of QEMU's
 // SeaBIOS (0x604), and halts if that does nothing.
 var mbrCode = []byte{
-	0xfa,             // cli
-	0x31, 0xc0,       // xor ax, ax
-	0x8e, 0xd8,       // mov ds, ax
+	0xfa,       // cli
+	0x31, 0xc0, // xor ax, ax
+	0x8e, 0xd8, // mov ds, ax
 	0xbe, 0x1d, 0x7c, // mov si, 0x7c1d (the message)
 	0xac,       // next: lodsb
 	0x84, 0xc0, // test al, al
