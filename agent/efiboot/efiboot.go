@@ -42,6 +42,10 @@ type Partition struct {
 	SizeLBA  uint64
 	// GUID is the partition's unique GUID in on-disk (mixed-endian) order.
 	GUID [16]byte
+	// MBR selects an MBR partition, identified by the disk's MBR
+	// signature, instead of a GPT one.
+	MBR          bool
+	MBRSignature uint32
 }
 
 // Entry is a boot entry: a description and where the loader is.
@@ -77,9 +81,15 @@ func (e Entry) devicePath() []byte {
 	binary.LittleEndian.PutUint32(hd[4:], e.Partition.Number)
 	binary.LittleEndian.PutUint64(hd[8:], e.Partition.StartLBA)
 	binary.LittleEndian.PutUint64(hd[16:], e.Partition.SizeLBA)
-	copy(hd[24:40], e.Partition.GUID[:])
-	hd[40] = 0x02 // partition format: GPT
-	hd[41] = 0x02 // signature type: GUID
+	if e.Partition.MBR {
+		binary.LittleEndian.PutUint32(hd[24:], e.Partition.MBRSignature)
+		hd[40] = 0x01 // partition format: MBR
+		hd[41] = 0x01 // signature type: 32-bit MBR signature
+	} else {
+		copy(hd[24:40], e.Partition.GUID[:])
+		hd[40] = 0x02 // partition format: GPT
+		hd[41] = 0x02 // signature type: GUID
+	}
 	b.Write(hd)
 	// File path media device path: type 4, subtype 4.
 	name := utf16z(e.Path)

@@ -35,6 +35,14 @@ func TestLoadOptionBytes(t *testing.T) {
 	}
 }
 
+func TestMBRDevicePath(t *testing.T) {
+	e := Entry{Partition: Partition{Number: 1, StartLBA: 2048, SizeLBA: 100, MBR: true, MBRSignature: 0x2b1ac57f}, Path: `\x`}
+	hd := e.devicePath()[:42]
+	if got := hex.EncodeToString(hd[24:42]); got != "7fc51a2b"+strings.Repeat("00", 12)+"0101" {
+		t.Errorf("MBR signature fields %s", got)
+	}
+}
+
 func utf16le(s string) []byte {
 	var b []byte
 	for _, r := range s {
