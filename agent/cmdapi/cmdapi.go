@@ -14,6 +14,7 @@ package cmdapi
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/subtle"
 	"crypto/tls"
 	"encoding/json"
@@ -26,7 +27,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/google/uuid"
 	"github.com/labstack/echo/v5"
 	"github.com/labstack/echo/v5/middleware"
 
@@ -337,7 +337,7 @@ func (s *Server) run(c *echo.Context) error {
 		}
 	}
 
-	e := &entry{id: uuid.NewString(), name: name, sensitive: cmd.Sensitive, status: api.StatusRunning, done: make(chan struct{})}
+	e := &entry{id: newID(), name: name, sensitive: cmd.Sensitive, status: api.StatusRunning, done: make(chan struct{})}
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -526,4 +526,13 @@ func (s *Server) handleError(c *echo.Context, err error) {
 		s.opts.Log.Debug("request refused", "method", c.Request().Method, "path", c.Request().URL.Path, "status", status, "fault", msg)
 	}
 	_ = c.JSON(status, api.Fault{Faultcode: code, Faultstring: msg})
+}
+
+// newID returns a random (version 4) UUID, as IPA names commands.
+func newID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
 }

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"regexp"
 	"runtime"
 	"strings"
 	"sync"
@@ -378,6 +379,14 @@ func TestCloseCancelsRunningCommands(t *testing.T) {
 	}
 	if r := rg.do(t, "POST", cmdPath, `{"name": "standby.sync"}`); r.status != 503 {
 		t.Errorf("POST after Close: %d %s", r.status, r.body)
+	}
+}
+
+func TestNewID(t *testing.T) {
+	re := regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$`)
+	a, b := newID(), newID()
+	if !re.MatchString(a) || a == b {
+		t.Errorf("ids %s %s", a, b)
 	}
 }
 
