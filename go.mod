@@ -12,6 +12,7 @@ require (
 	github.com/jaypipes/ghw v0.27.0
 	github.com/klauspost/compress v1.20.4
 	github.com/labstack/echo/v5 v5.4.4
+	github.com/lima-vm/go-qcow2reader v0.7.1
 	github.com/peterbourgon/ff/v3 v3.4.0
 	github.com/pressly/goose/v3 v3.29.0
 	github.com/ulikunitz/xz v0.5.17

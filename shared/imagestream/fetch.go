@@ -45,6 +45,10 @@ type fetcher struct {
 	etag     string // strong ETag of the first response
 	lastMod  string // Last-Modified of the first response
 	rangeEnd int64  // end (exclusive) of the current 206 body, -1 if open
+	// ranged: every request asks for a Range, even from 0, and a server
+	// that ignores Range is an error (random access for qcow2). The
+	// validators come from an earlier pass.
+	ranged bool
 
 	body   io.ReadCloser
 	cancel context.CancelCauseFunc
@@ -132,7 +136,7 @@ func (f *fetcher) request(ctx context.Context) (time.Duration, error) {
 	if f.auth != "" {
 		req.Header.Set("Authorization", f.auth)
 	}
-	if f.off > 0 {
+	if f.off > 0 || f.ranged {
 		req.Header.Set("Range", fmt.Sprintf("bytes=%d-", f.off))
 		if f.etag != "" {
 			req.Header.Set("If-Range", f.etag)
@@ -149,13 +153,19 @@ func (f *fetcher) request(ctx context.Context) (time.Duration, error) {
 	f.body = resp.Body
 	switch resp.StatusCode {
 	case http.StatusOK:
-		if f.off == 0 {
+		switch {
+		case f.ranged && !f.sameFile(resp):
+			return 0, f.fail(fmt.Errorf("get %s: %w", f.shown, ErrChanged))
+		case f.ranged:
+			return 0, f.fail(permanent(fmt.Errorf("get %s: the server ignores Range requests, which converting a qcow2 image needs: %w",
+				f.shown, ErrUnsupportedFormat)))
+		case f.off == 0:
 			f.first(resp)
 			return 0, nil
 		}
 		return 0, f.restart(resp)
 	case http.StatusPartialContent:
-		if f.off == 0 {
+		if f.off == 0 && !f.ranged {
 			return 0, f.fail(permanent(fmt.Errorf("get %s: 206 Partial Content to a request without Range", f.shown)))
 		}
 		return 0, f.resume(resp)
@@ -221,8 +231,10 @@ func (f *fetcher) resume(resp *http.Response) error {
 		f.total = total // a first answer of unknown length; now we know
 	}
 	f.rangeEnd = end + 1
-	f.resumes.Add(1)
-	f.log.Info("image download resumed", "url", f.shown, "offset", f.off)
+	if !f.ranged {
+		f.resumes.Add(1)
+		f.log.Info("image download resumed", "url", f.shown, "offset", f.off)
+	}
 	return nil
 }
 

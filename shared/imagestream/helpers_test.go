@@ -9,7 +9,6 @@ import (
 	"errors"
 	"io"
 	"log/slog"
-	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -27,50 +26,12 @@ import (
 	"github.com/ulikunitz/xz"
 
 	"github.com/ingot-dev/ingot/shared/api"
+	"github.com/ingot-dev/ingot/shared/imagestream/internal/testimage"
 )
 
-// makeImage returns size deterministic, semi-compressible bytes: a mix of
-// random, text-like and zero 64 KiB blocks chosen by seed, starting with
-// an MBR-like first sector so sniffers see what a disk looks like.
-func makeImage(seed uint64, size int) []byte {
-	out := make([]byte, size)
-	fillImage(seed, out, 0)
-	return out
-}
-
-// fillImage writes the image bytes at offset off of the whole image into b
-// (used to generate large images block by block).
-func fillImage(seed uint64, b []byte, off int64) {
-	const block = 64 << 10
-	words := []string{"ingot ", "ironic ", "agent ", "deploy ", "image ", "stream ", "zstd ", "disk\n", "boot ", "raw "}
-	for len(b) > 0 {
-		bi := off / block
-		in := off % block
-		n := min(int64(len(b)), block-in)
-		r := rand.New(rand.NewPCG(seed, uint64(bi)))
-		blk := make([]byte, block)
-		switch k := r.IntN(10); {
-		case k < 3: // random: incompressible
-			for i := 0; i+8 <= block; i += 8 {
-				v := r.Uint64()
-				for j := range 8 {
-					blk[i+j] = byte(v >> (8 * j))
-				}
-			}
-		case k < 7: // text: compresses ~4x
-			for i := 0; i < block; {
-				i += copy(blk[i:], words[r.IntN(len(words))])
-			}
-		default: // zeros
-		}
-		if bi == 0 {
-			copy(blk, []byte{0xeb, 0x63, 0x90}) // a boot sector's jump
-			blk[510], blk[511] = 0x55, 0xaa
-		}
-		copy(b[:n], blk[in:in+n])
-		b, off = b[n:], off+n
-	}
-}
+// makeImage returns size deterministic, semi-compressible bytes (see
+// internal/testimage).
+func makeImage(seed uint64, size int) []byte { return testimage.New(seed, size) }
 
 func sha256Hex(b []byte) string {
 	s := sha256.Sum256(b)
@@ -142,6 +103,7 @@ type fault struct {
 	chunked     bool  // no Content-Length (chunked encoding), Range ignored
 	closeDelim  bool  // HTTP/1.0-style: no length, end = connection close (needs a real server)
 	drip        bool  // send one byte per write, flushing each
+	hang        bool  // send nothing, not even headers, until the client gives up
 	swap        []byte
 }
 
@@ -208,6 +170,10 @@ func (s *imageServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.mu.Unlock()
 	if !ok {
 		http.NotFound(w, r)
+		return
+	}
+	if f.hang {
+		<-r.Context().Done()
 		return
 	}
 	if f.status != 0 {

@@ -18,14 +18,25 @@
 // Checksum selection follows ironic-python-agent (os_hash_algo and
 // os_hash_value, a checksum file URL, or a bare checksum by length).
 //
-// qcow2 and other virtual-disk containers are never written raw: they are
-// refused with ErrUnsupportedFormat, as is a disk_format that contradicts
-// the bytes.
+// Virtual-disk containers are never written raw. A standalone qcow2 image
+// is converted without staging, in two passes: the file is read and
+// hashed first and nothing is written unless the checksum matches, then
+// its virtual disk is written through HTTP Range reads (see qcow2.go).
+// Other containers (vmdk, vhd, vhdx, vdi, qed, ploop), compressed qcow2
+// files and a disk_format that contradicts the bytes are refused with
+// ErrUnsupportedFormat before any write.
 //
-// The package imports only the standard library, shared/api and the
-// decompressors; it must not import agent or conductor code, and it does
-// not retry a failed Stream itself beyond resuming the transfer: callers
-// own the outer retry loop and use IsPermanent to decide.
+// Raw and compressed images are written 1 MiB at a time at 1 MiB-aligned
+// offsets, except the last write, from page-aligned buffers (qcow2 images
+// in writes aligned to their clusters): an O_DIRECT target works as long
+// as it accepts a short final write. Peak memory is about 20 MiB plus the
+// image's decompression window (measured by TestStreamPeakRSS).
+//
+// The package imports only the standard library, shared/api,
+// shared/buildinfo, the decompressors and the qcow2 reader; it must not
+// import agent or conductor code, and it does not retry a failed Stream
+// itself beyond resuming the transfer: callers own the outer retry loop
+// and use IsPermanent to decide.
 package imagestream
 
 import (
@@ -72,9 +83,10 @@ type Options struct {
 	// agent_md5_checksum_enable).
 	MD5Allowed bool
 	// Retries is how many consecutive failed attempts without progress
-	// are retried after the first (default 9, IPA's). A retry that
-	// receives bytes resets the count, so an image survives any number of
-	// dropped connections as long as each makes progress.
+	// are retried after the first (0 means the default, 9, IPA's;
+	// negative means none). A retry that receives bytes resets the
+	// count, so an image survives any number of dropped connections as
+	// long as each makes progress.
 	Retries int
 	// RetryInterval is the backoff base between attempts (default 10 s,
 	// IPA's): attempt n waits RetryInterval·2^(n-1), capped at six times

@@ -178,12 +178,20 @@ func SniffContainer(b []byte) string {
 	return FormatRaw
 }
 
-// checkContainer refuses a container format, and a disk_format the bytes
-// contradict (IPA's format inspector does the same).
-func checkContainer(declared, detected string) error {
+// checkContainer refuses a container format Stream does not convert here,
+// and a disk_format the bytes contradict (IPA's format inspector does the
+// same). An uncompressed qcow2 whose disk_format allows it never gets
+// here: it is converted.
+func checkContainer(declared, detected string, compressed bool) error {
 	declared = strings.ToLower(strings.TrimSpace(declared))
-	if detected != FormatRaw {
-		return fmt.Errorf("the image is %s (disk_format %q): only raw images are streamed to disk, never a %s container; "+
+	switch {
+	case detected == containerQcow2 && compressed:
+		return fmt.Errorf("the image is a compressed qcow2 file, which cannot be converted without random access: "+
+			"serve the .qcow2 uncompressed (qcow2 compresses its own clusters) or convert it to raw: %w", ErrUnsupportedFormat)
+	case detected == containerQcow2:
+		return fmt.Errorf("the image is qcow2 but disk_format is %q: refusing the mismatch: %w", declared, ErrUnsupportedFormat)
+	case detected != FormatRaw:
+		return fmt.Errorf("the image is %s (disk_format %q): only raw and qcow2 images are written to disk, never a %s container; "+
 			"convert it with qemu-img convert -O raw (optionally compressing it with zstd): %w",
 			detected, declared, detected, ErrUnsupportedFormat)
 	}

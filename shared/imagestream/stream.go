@@ -11,6 +11,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"strings"
 	"sync"
 	"time"
 
@@ -34,9 +35,11 @@ const (
 
 // Progress phases.
 const (
-	PhaseStreaming = "streaming"
-	PhaseSyncing   = "syncing"
-	PhaseDone      = "done"
+	PhaseStreaming  = "streaming"  // download, decompress and write in one pass
+	PhaseVerifying  = "verifying"  // qcow2 pass 1: download and hash, no writes
+	PhaseConverting = "converting" // qcow2 pass 2: Range reads, writes
+	PhaseSyncing    = "syncing"
+	PhaseDone       = "done"
 )
 
 // Stream downloads the image info describes and writes it to dst from
@@ -115,6 +118,17 @@ func Stream(ctx context.Context, info api.ImageInfo, dst Target, opts Options) (
 		return res, err
 	}
 	res.Digest = want
+	if s.qcow2 != nil {
+		written, err := s.convertQcow2(ctx, *s.qcow2)
+		res.Written, res.Duration = written, time.Since(start)
+		if err != nil {
+			if ctx.Err() != nil {
+				err = permanent(fmt.Errorf("stream image %s: %w", info.ID, ctx.Err()))
+			}
+			log.Error("qcow2 conversion failed", "url", f.shown, "bytes", written, "err", err)
+			return res, err
+		}
+	}
 	s.progress.report(res.Written, PhaseSyncing, true)
 	if err := dst.Sync(); err != nil {
 		return res, permanent(fmt.Errorf("sync target: %w", err))
@@ -215,6 +229,7 @@ type streamer struct {
 	info     api.ImageInfo
 	hash     hash.Hash
 	progress *progress
+	qcow2    *qcow2Header // set when the image is converted from qcow2
 }
 
 // group runs goroutines and keeps the first error, cancelling the others.
@@ -242,6 +257,12 @@ func (s *streamer) run(ctx context.Context) (Result, error) {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	g := &group{cancel: cancel}
+	res := Result{Format: FormatRaw, DiskFormat: FormatRaw}
+	stop := func(err error) (Result, error) {
+		cancel(err)
+		g.Wait()
+		return res, err
+	}
 
 	fetchFree := make(chan []byte, fetchBufs)
 	for range fetchBufs {
@@ -249,21 +270,17 @@ func (s *streamer) run(ctx context.Context) (Result, error) {
 	}
 	fetched := make(chan chunk, fetchBufs)
 	// The fetcher is the fetch goroutine's from here on; what the first
-	// answer said about the length is read now.
-	servedTotal := s.f.total
+	// answer said is read now.
+	servedTotal, validated := s.f.total, s.f.etag != "" || s.f.lastMod != ""
 	g.Go(func() error { return s.fetch(ctx, fetchFree, fetched) })
 
-	res := Result{Format: FormatRaw, DiskFormat: FormatRaw}
 	// The first chunk holds the whole first MiB (or the whole image):
 	// enough to sniff.
 	var first chunk
 	select {
 	case c, ok := <-fetched:
 		if !ok {
-			err := permanent(fmt.Errorf("get %s: the image is empty", s.f.shown))
-			cancel(err)
-			g.Wait()
-			return res, err
+			return stop(permanent(fmt.Errorf("get %s: the image is empty", s.f.shown)))
 		}
 		first = c
 	case <-ctx.Done():
@@ -277,26 +294,33 @@ func (s *streamer) run(ctx context.Context) (Result, error) {
 		res.DiskFormat = comp.Format
 		total = servedTotal
 	case !comp.Supported:
-		err := fmt.Errorf("the image is %s-compressed; Stream decodes gzip, zstd, xz and bzip2: %w", comp.Format, ErrUnsupportedFormat)
-		cancel(err)
-		g.Wait()
-		return res, err
+		return stop(fmt.Errorf("the image is %s-compressed; Stream decodes gzip, zstd, xz and bzip2: %w", comp.Format, ErrUnsupportedFormat))
 	case comp.Window > s.opts.MaxWindow:
-		err := fmt.Errorf("the image's %s window is %d MiB, more than the %d MiB allowed (Options.MaxWindow): %w",
-			comp.Format, comp.Window>>20, s.opts.MaxWindow>>20, ErrUnsupportedFormat)
-		cancel(err)
-		g.Wait()
-		return res, err
+		return stop(fmt.Errorf("the image's %s window is %d MiB, more than the %d MiB allowed (Options.MaxWindow): %w",
+			comp.Format, comp.Window>>20, s.opts.MaxWindow>>20, ErrUnsupportedFormat))
+	case comp.Format == FormatRaw && SniffContainer(first.b) == containerQcow2 && convertible(s.info.DiskFormat):
+		h, err := parseQcow2Header(first.b)
+		switch {
+		case err != nil:
+			return stop(err)
+		case servedTotal < 0 || !validated:
+			return stop(fmt.Errorf("converting a qcow2 image needs its size and an ETag or Last-Modified from the server, which sent none: %w", ErrUnsupportedFormat))
+		case s.opts.Capacity > 0 && int64(h.Size) > s.opts.Capacity:
+			return stop(fmt.Errorf("the qcow2 image's virtual disk is %d bytes, the target %d: %w", h.Size, s.opts.Capacity, ErrTooLarge))
+		}
+		s.qcow2 = &h
+		res.DiskFormat = containerQcow2
+		s.progress = newProgress(s.opts, int64(h.Size), servedTotal, s.f)
+		// Pass 1: read and hash everything, write nothing.
+		g.Go(func() error { return s.drain(ctx, first, fetched) })
+		return res, g.Wait()
 	case comp.Format == FormatRaw:
 		total = servedTotal
 	default:
 		total = comp.ContentSize
 	}
 	if s.opts.Capacity > 0 && total > s.opts.Capacity {
-		err := fmt.Errorf("the image is %d bytes, the target %d: %w", total, s.opts.Capacity, ErrTooLarge)
-		cancel(err)
-		g.Wait()
-		return res, err
+		return stop(fmt.Errorf("the image is %d bytes, the target %d: %w", total, s.opts.Capacity, ErrTooLarge))
 	}
 	s.progress = newProgress(s.opts, total, servedTotal, s.f)
 
@@ -315,6 +339,32 @@ func (s *streamer) run(ctx context.Context) (Result, error) {
 	err := g.Wait()
 	res.Written = written
 	return res, err
+}
+
+// convertible reports whether a qcow2 image with this disk_format may be
+// converted: when disk_format says qcow2 or says nothing.
+func convertible(declared string) bool {
+	switch strings.ToLower(strings.TrimSpace(declared)) {
+	case "", containerQcow2:
+		return true
+	}
+	return false
+}
+
+// drain consumes the served bytes (hashed by fetch) without writing them:
+// the qcow2 path's first pass.
+func (s *streamer) drain(ctx context.Context, first chunk, in <-chan chunk) error {
+	c, ok := first, true
+	for ok {
+		c.pool <- c.b[:cap(c.b)]
+		s.progress.report(0, PhaseVerifying, false)
+		select {
+		case c, ok = <-in:
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		}
+	}
+	return nil
 }
 
 // fetch reads the served bytes into recycled buffers, hashes them and
@@ -352,7 +402,7 @@ func (s *streamer) fetch(ctx context.Context, free chan []byte, out chan<- chunk
 func (s *streamer) passThrough(ctx context.Context, first chunk, in <-chan chunk, out chan<- chunk) error {
 	defer close(out)
 	if !s.opts.NoDecompress {
-		if err := checkContainer(s.info.DiskFormat, SniffContainer(first.b)); err != nil {
+		if err := checkContainer(s.info.DiskFormat, SniffContainer(first.b), false); err != nil {
 			return err
 		}
 	}
@@ -420,7 +470,7 @@ func (s *streamer) decode(ctx context.Context, format string, first chunk, in <-
 		}
 		n, err := readFull(dec, buf)
 		if i == 0 {
-			if cerr := checkContainer(s.info.DiskFormat, SniffContainer(buf[:n])); cerr != nil {
+			if cerr := checkContainer(s.info.DiskFormat, SniffContainer(buf[:n]), true); cerr != nil {
 				return cerr
 			}
 		}
@@ -567,7 +617,8 @@ func writeAt(dst io.WriterAt, b []byte, off int64) error {
 }
 
 // progress rate-limits Options.Progress and keeps Bytes and Percent
-// monotonic.
+// monotonic. A qcow2 image's two passes share the percentage: verifying
+// is 0-50 %, converting 50-100 %.
 type progress struct {
 	fn          func(api.Progress)
 	interval    time.Duration
@@ -615,14 +666,18 @@ func (p *progress) report(written int64, phase string, force bool) {
 	if p.total >= written {
 		pr.Total = p.total
 	}
-	switch served := p.f.served.Load(); {
+	served := p.f.served.Load()
+	switch {
+	case phase == PhaseSyncing || phase == PhaseDone:
+		pr.Percent = 100
+	case phase == PhaseVerifying && p.servedTotal > 0:
+		pr.Percent = 50 * float64(served) / float64(p.servedTotal)
+	case phase == PhaseConverting && pr.Total > 0:
+		pr.Percent = 50 + 50*float64(written)/float64(pr.Total)
 	case pr.Total > 0:
 		pr.Percent = 100 * float64(written) / float64(pr.Total)
 	case p.servedTotal > 0:
 		pr.Percent = 100 * float64(served) / float64(p.servedTotal)
-	}
-	if phase == PhaseSyncing || phase == PhaseDone {
-		pr.Percent = 100
 	}
 	pr.Percent = min(max(pr.Percent, p.percent), 100)
 	p.percent = pr.Percent
