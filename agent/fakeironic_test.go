@@ -31,6 +31,7 @@ type fakeIronic struct {
 	masked                                  bool   // answer "******" instead
 	heartbeatTimeout                        int
 	hbStatus                                int // heartbeat answer; 202 when 0
+	slow                                    int // lookups that hang until the client gives up
 
 	// records
 	lookups    []*http.Request
@@ -65,6 +66,16 @@ func ironicFault(w http.ResponseWriter, status int, msg string) {
 
 func (f *fakeIronic) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	f.mu.Lock()
+	if r.URL.Path == "/v1/lookup" && f.slow > 0 {
+		f.slow--
+		f.lookups = append(f.lookups, r)
+		f.mu.Unlock()
+		select { // a conductor too busy to answer
+		case <-r.Context().Done():
+		case <-time.After(time.Minute):
+		}
+		return
+	}
 	defer f.mu.Unlock()
 	max := f.maxVersion
 	if max == "" {

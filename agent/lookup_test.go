@@ -41,6 +41,20 @@ func TestLookupRetriesUntilTheNodeIsThere(t *testing.T) {
 	}
 }
 
+func TestLookupRetriesASlowServer(t *testing.T) {
+	f := newFakeIronic(t)
+	f.set(func(f *fakeIronic) { f.slow = 2 })
+	cfg := testLookupConfig(t, f.srv.URL)
+	cfg.HTTPClient = &http.Client{Timeout: 100 * time.Millisecond} // ipa-http-request-timeout
+	res, err := Lookup(t.Context(), cfg, macs)
+	if err != nil || res.Response.Node.UUID != nodeUUID {
+		t.Fatalf("got %+v, %v", res, err)
+	}
+	if n := f.lookupCount(); n != 3 {
+		t.Errorf("%d lookups, want 2 timed out and 1 answered", n)
+	}
+}
+
 func TestLookupConflictPauses(t *testing.T) {
 	f := newFakeIronic(t)
 	f.set(func(f *fakeIronic) { f.conflicts = 3 })

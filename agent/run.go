@@ -28,6 +28,8 @@ type Config struct {
 	APIURLs []string
 	// BootIF is the MAC the machine PXE-booted from; sent first.
 	BootIF string
+	// Interface pins the NIC to bring up by name (ingot.interface).
+	Interface string
 	// NodeUUID, when known, is sent with the lookup (it takes precedence
 	// over MACs on the server).
 	NodeUUID string
@@ -106,8 +108,18 @@ type Interfaces interface {
 	Interfaces(ctx context.Context) ([]api.Interface, error)
 }
 
+// Network brings up the link the agent talks through: DHCP on the BOOTIF
+// NIC, or on the one ingot.interface names (agent/netsetup, with the
+// initramfs).
+type Network interface {
+	Up(ctx context.Context, bootIF, iface string) error
+}
+
 // Deps are what the agent runs on.
 type Deps struct {
+	// Network, when set, is brought up before every lookup; nil means the
+	// network is already configured (tests, or an init that did it).
+	Network Network
 	// NICs provides the MACs sent with the lookup.
 	NICs Interfaces
 	// Extension configures the commands; Run fills MD5Allowed and
@@ -167,6 +179,11 @@ func (s *session) Token() string {
 func runOnce(ctx context.Context, cfg Config, deps Deps, log *slog.Logger) error {
 	if len(cfg.APIURLs) == 0 {
 		return ErrNoAPIURL
+	}
+	if deps.Network != nil {
+		if err := deps.Network.Up(ctx, cfg.BootIF, cfg.Interface); err != nil {
+			return fmt.Errorf("bring the network up: %w", err)
+		}
 	}
 	macs := waitForMACs(ctx, cfg, deps.NICs, log)
 	if ctx.Err() != nil {

@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -242,6 +243,41 @@ func TestRunNeverReturnsOnRecoverableErrors(t *testing.T) {
 				t.Errorf("Run = %v", err)
 			}
 		})
+	}
+}
+
+// flakyNetwork fails its first bring-up.
+type flakyNetwork struct {
+	mu    sync.Mutex
+	calls []string
+}
+
+func (n *flakyNetwork) Up(ctx context.Context, bootIF, iface string) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.calls = append(n.calls, bootIF+"/"+iface)
+	if len(n.calls) == 1 {
+		return errors.New("no DHCP offer")
+	}
+	return nil
+}
+
+func TestRunBringsTheNetworkUpFirst(t *testing.T) {
+	f := newFakeIronic(t)
+	cfg := testConfig(f)
+	cfg.Interface = "eno1"
+	net := &flakyNetwork{}
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	go Run(ctx, cfg, Deps{Network: net, Log: slog.New(slog.NewTextHandler(t.Output(), nil))})
+	f.nextHeartbeat(t, 10*time.Second)
+	net.mu.Lock()
+	defer net.mu.Unlock()
+	if len(net.calls) != 2 || net.calls[1] != "52:54:00:12:34:56/eno1" {
+		t.Errorf("bring-up calls %v", net.calls)
+	}
+	if n := f.lookupCount(); n != 1 {
+		t.Errorf("%d lookups: the failed bring-up was not retried before looking up", n)
 	}
 }
 

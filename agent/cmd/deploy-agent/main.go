@@ -159,7 +159,7 @@ func run(args []string, stderr io.Writer) int {
 		Logs: extension.LogSources{Root: "/", AgentLog: logBuf.Bytes, Dmesg: agent.Dmesg},
 	}
 	cfg := agent.Config{
-		APIURLs: p.APIURLs, BootIF: p.BootIF, NodeUUID: *nodeUUID, Insecure: p.Insecure,
+		APIURLs: p.APIURLs, BootIF: p.BootIF, Interface: p.Interface, NodeUUID: *nodeUUID, Insecure: p.Insecure,
 		LookupTimeout: p.LookupTimeout, LookupInterval: p.LookupInterval,
 		ListenHost: p.ListenHost, ListenPort: p.ListenPort,
 		AdvertiseHost: p.AdvertiseHost, AdvertisePort: p.AdvertisePort, AdvertiseProtocol: p.AdvertiseProtocol,
