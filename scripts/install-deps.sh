@@ -13,7 +13,7 @@ pkgs=(
   atftp tftp-hpa tftpd-hpa udhcpc                    # TFTP/DHCP clients and the TFTP baseline server
   tgt libiscsi-bin                                   # iSCSI target and initiator tools
   # virtual node
-  qemu-system-x86 qemu-utils ipxe-qemu ipxe ovmf netcat-openbsd
+  qemu-system-x86 qemu-utils ipxe-qemu ipxe ovmf netcat-openbsd systemd-boot-efi
   # benchmarks and images
   zstd xz-utils curl iproute2 procps
 )
