@@ -31,12 +31,37 @@ func testConfig(f *fakeIronic) Config {
 		NICWait: time.Millisecond}
 }
 
+// syncBuffer is a log sink tests can read while the agent writes.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
 // startAgent runs the agent until the test ends; the returned channel
-// yields Run's result.
+// yields Run's result. Its debug log goes to the test output and, at the
+// end, is checked for the agent token: secrets never reach logs.
 func startAgent(t *testing.T, cfg Config, disk string) (<-chan error, context.CancelCauseFunc) {
 	t.Helper()
 	ctx, cancel := context.WithCancelCause(t.Context())
-	log := slog.New(slog.NewTextHandler(t.Output(), nil))
+	logs := &syncBuffer{}
+	log := slog.New(slog.NewTextHandler(io.MultiWriter(t.Output(), logs), &slog.HandlerOptions{Level: slog.LevelDebug}))
+	t.Cleanup(func() {
+		if strings.Contains(logs.String(), testToken) {
+			t.Error("the agent token appears in the agent's log")
+		}
+	})
 	deps := Deps{NICs: staticNICs{{Name: "eth0", MACAddress: "52:54:00:12:34:57"}}, Log: log,
 		Extension: extension.Options{Disk: disk, Power: ProcessPower{Stop: cancel}, EFIVars: t.TempDir()}}
 	done := make(chan error, 1)

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"regexp"
 	"runtime"
 	"strings"
@@ -424,4 +425,41 @@ func TestServe(t *testing.T) {
 	if n := runtime.NumGoroutine(); n > before {
 		t.Errorf("%d goroutines leaked", n-before)
 	}
+}
+
+// FuzzCommandRequest: command bodies come from the network; whatever they
+// hold, the server answers with a fault or a result, never panics and
+// never fails with a server error.
+func FuzzCommandRequest(f *testing.F) {
+	for _, s := range []string{`{"name": "standby.sync", "params": {}}`, `{"name": "deploy.execute_deploy_step", "params": {"step": {"step": "x"}}}`,
+		`{"name": "a.b.c"}`, `{"name": 1}`, `{"params": null}`, `[]`, `{"name": "log.collect_system_logs"}`, `{"name": "deploy.panic"}`} {
+		f.Add(s, "true")
+	}
+	srv := New(Registry{
+		"standby": {"sync": {Run: func(context.Context, Params, func(api.Progress)) (any, error) { return nil, nil }}},
+		"deploy": {
+			"execute_deploy_step": {Async: true, Validate: func(p Params) error {
+				var step map[string]any
+				return json.Unmarshal(p["step"], &step)
+			}, Run: func(context.Context, Params, func(api.Progress)) (any, error) { return "ok", nil }},
+			"panic": {Run: func(context.Context, Params, func(api.Progress)) (any, error) { panic("boom") }},
+		},
+	}, Options{Token: func() string { return token }})
+	f.Cleanup(srv.Close)
+	f.Fuzz(func(t *testing.T, body, wait string) {
+		req := httptest.NewRequest("POST", "/v1/commands/?wait=true&agent_token="+token, strings.NewReader(body))
+		req.URL.RawQuery = "agent_token=" + token + "&wait=" + url.QueryEscape(wait)
+		rec := httptest.NewRecorder()
+		srv.ServeHTTP(rec, req)
+		if rec.Code >= 500 && rec.Code != http.StatusServiceUnavailable {
+			t.Fatalf("status %d for %q: %s", rec.Code, body, rec.Body)
+		}
+		var out map[string]any
+		if err := json.Unmarshal(rec.Body.Bytes(), &out); err != nil {
+			t.Fatalf("answer is not JSON: %q", rec.Body)
+		}
+		if rec.Code >= 400 && out["faultstring"] == nil {
+			t.Fatalf("error without faultstring: %s", rec.Body)
+		}
+	})
 }
