@@ -22,7 +22,6 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
-	"strings"
 	"syscall"
 	"time"
 
@@ -38,7 +37,24 @@ func main() {
 	os.Exit(run(os.Args[1:], os.Stderr))
 }
 
-func run(args []string, stderr io.Writer) int {
+// settings are the kernel command line's parameters with the flags
+// applied, plus the flags that have no kernel parameter.
+type settings struct {
+	p         bootparam.Params
+	paramErr  error // invalid kernel parameters: logged, not fatal
+	nodeUUID  string
+	hostDisks bool
+	power     string
+	efivars   string
+	forced    time.Duration
+	retry     time.Duration
+	logFormat string
+}
+
+// parseArgs reads the kernel command line named by --cmdline and lets the
+// flags that were given override it. Invalid flags are errors (exit 2);
+// invalid kernel parameters only warnings, since the agent must run.
+func parseArgs(args []string, stderr io.Writer) (settings, error) {
 	fs := flag.NewFlagSet("deploy-agent", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var (
@@ -54,6 +70,7 @@ func run(args []string, stderr io.Writer) int {
 		listenPort = fs.Int("listen-port", 0, "command API port (ipa-listen-port, 9999; 0 with this flag: any free port)")
 		advHost    = fs.String("advertise-host", "", "host in the callback URL (ipa-advertise-host)")
 		advPort    = fs.Int("advertise-port", 0, "port in the callback URL (ipa-advertise-port)")
+		iface      = fs.String("interface", "", "NIC to bring up (ingot.interface)")
 		tlsMode    = fs.String("tls", "", "command API TLS: auto or off (ingot.tls)")
 		disk       = fs.String("disk", "", "the only disk: a block device or a file standing in for one (ingot.disk)")
 		hostDisks  = fs.Bool("host-disks", false, "allow touching this machine's disks outside a ramdisk")
@@ -64,29 +81,37 @@ func run(args []string, stderr io.Writer) int {
 		logFormat  = fs.String("log-format", "text", "log format: text or json")
 	)
 	if err := fs.Parse(args); err != nil {
-		return 2
+		return settings{}, err
+	}
+	if fs.NArg() > 0 {
+		return settings{}, fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 
-	var p bootparam.Params
-	var paramErr error
+	st := settings{nodeUUID: *nodeUUID, hostDisks: *hostDisks, power: *power, efivars: *efivars,
+		forced: *forced, retry: *retryPause, logFormat: *logFormat}
 	if *cmdline != "" {
 		b, err := os.ReadFile(*cmdline)
 		if err != nil {
-			paramErr = fmt.Errorf("read kernel command line: %w", err)
+			st.paramErr = fmt.Errorf("read kernel command line: %w", err)
 		} else {
-			p, paramErr = bootparam.Parse(string(b))
+			st.p, st.paramErr = bootparam.Parse(string(b))
 		}
 	}
+	p := &st.p
 	if set["api-url"] {
-		p.APIURLs = splitList(*apiURL)
+		// The kernel parameter's own validation applies to the flag too.
+		q, err := bootparam.Parse("ipa-api-url=" + *apiURL)
+		if err != nil || len(q.APIURLs) == 0 {
+			return settings{}, fmt.Errorf("--api-url %q: want http(s)://host[:port], comma-separated", *apiURL)
+		}
+		p.APIURLs = q.APIURLs
 	}
 	if set["bootif"] {
 		mac, err := bootparam.ParseBootIF(*bootIF)
 		if err != nil {
-			fmt.Fprintf(stderr, "deploy-agent: --bootif %q: %v\n", *bootIF, err)
-			return 2
+			return settings{}, fmt.Errorf("--bootif %q: %v", *bootIF, err)
 		}
 		p.BootIF = mac
 	}
@@ -98,6 +123,7 @@ func run(args []string, stderr io.Writer) int {
 		"listen-host":     func() { p.ListenHost = *listenHost },
 		"advertise-host":  func() { p.AdvertiseHost = *advHost },
 		"advertise-port":  func() { p.AdvertisePort = *advPort },
+		"interface":       func() { p.Interface = *iface },
 		"tls":             func() { p.TLS = *tlsMode },
 		"disk":            func() { p.Disk = *disk },
 	} {
@@ -105,25 +131,40 @@ func run(args []string, stderr io.Writer) int {
 			apply()
 		}
 	}
-	if *power != "system" && *power != "exit" {
-		fmt.Fprintf(stderr, "deploy-agent: --power %q: want system or exit\n", *power)
-		return 2
-	}
-	if p.TLS != "" && p.TLS != "auto" && p.TLS != "off" {
-		fmt.Fprintf(stderr, "deploy-agent: --tls %q: want auto or off\n", p.TLS)
-		return 2
+	switch {
+	case st.power != "system" && st.power != "exit":
+		return settings{}, fmt.Errorf("--power %q: want system or exit", st.power)
+	case p.TLS != "" && p.TLS != "auto" && p.TLS != "off":
+		return settings{}, fmt.Errorf("--tls %q: want auto or off", p.TLS)
+	case st.logFormat != "text" && st.logFormat != "json":
+		return settings{}, fmt.Errorf("--log-format %q: want text or json", st.logFormat)
+	case *listenPort < 0 || *listenPort > 65535 || *advPort < 0 || *advPort > 65535:
+		return settings{}, fmt.Errorf("ports must be 0-65535")
 	}
 	anyPort := set["listen-port"] && *listenPort == 0
 	if set["listen-port"] {
 		p.ListenPort = *listenPort
 	}
-	p = p.WithDefaults()
+	*p = p.WithDefaults()
 	if anyPort {
 		p.ListenPort = 0
 		if !set["advertise-port"] {
 			p.AdvertisePort = 0
 		}
 	}
+	return st, nil
+}
+
+func run(args []string, stderr io.Writer) int {
+	st, err := parseArgs(args, stderr)
+	if err != nil {
+		if !errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintf(stderr, "deploy-agent: %v\n", err)
+		}
+		return 2
+	}
+	p := st.p
+	paramErr := st.paramErr
 
 	logBuf := agent.NewLogBuffer(4 << 20)
 	level := slog.LevelInfo
@@ -132,7 +173,7 @@ func run(args []string, stderr io.Writer) int {
 	}
 	out := io.MultiWriter(stderr, logBuf)
 	var h slog.Handler = slog.NewTextHandler(out, &slog.HandlerOptions{Level: level})
-	if *logFormat == "json" {
+	if st.logFormat == "json" {
 		h = slog.NewJSONHandler(out, &slog.HandlerOptions{Level: level})
 	}
 	log := slog.New(h)
@@ -147,26 +188,26 @@ func run(args []string, stderr io.Writer) int {
 	defer cancel(nil)
 
 	var pw extension.Power = agent.SystemPower{}
-	if *power == "exit" {
+	if st.power == "exit" {
 		pw = agent.ProcessPower{Stop: cancel}
 	}
 	ins := inspect.New(inspect.Options{BootIF: p.BootIF, Log: log.With("phase", "inspect"), BMC: bmcReader()})
 	ext := extension.Options{
-		Disks: ins, Disk: p.Disk, HostDisks: *hostDisks || agent.InRamdisk(),
+		Disks: ins, Disk: p.Disk, HostDisks: st.hostDisks || agent.InRamdisk(),
 		ImageOptions: imagestream.Options{Insecure: p.Insecure, Retries: p.ImageDownloadRetries,
 			RetryInterval: p.ImageDownloadRetryInterval, StallTimeout: p.ImageDownloadConnectionTimeout},
-		Power: pw, SyncFS: agent.SyncFS, EFIVars: *efivars, Inventory: ins.Inventory,
+		Power: pw, SyncFS: agent.SyncFS, EFIVars: st.efivars, Inventory: ins.Inventory,
 		Logs: extension.LogSources{Root: "/", AgentLog: logBuf.Bytes, Dmesg: agent.Dmesg},
 	}
 	cfg := agent.Config{
-		APIURLs: p.APIURLs, BootIF: p.BootIF, Interface: p.Interface, NodeUUID: *nodeUUID, Insecure: p.Insecure,
+		APIURLs: p.APIURLs, BootIF: p.BootIF, Interface: p.Interface, NodeUUID: st.nodeUUID, Insecure: p.Insecure,
 		LookupTimeout: p.LookupTimeout, LookupInterval: p.LookupInterval,
 		ListenHost: p.ListenHost, ListenPort: p.ListenPort,
 		AdvertiseHost: p.AdvertiseHost, AdvertisePort: p.AdvertisePort, AdvertiseProtocol: p.AdvertiseProtocol,
 		AgentToken: p.AgentToken, HTTPRequestTimeout: p.HTTPRequestTimeout, IronicAPIVersion: p.IronicAPIVersion,
-		GlobalRequestID: p.GlobalRequestID, TLS: p.TLS, MinForcedHeartbeat: *forced, RetryPause: *retryPause,
+		GlobalRequestID: p.GlobalRequestID, TLS: p.TLS, MinForcedHeartbeat: st.forced, RetryPause: st.retry,
 	}
-	err := agent.Run(ctx, cfg, agent.Deps{NICs: ins, Extension: ext, Log: log})
+	err = agent.Run(ctx, cfg, agent.Deps{NICs: ins, Extension: ext, Log: log})
 	switch {
 	case errors.Is(err, agent.ErrPoweredOff), errors.Is(err, agent.ErrRebooted):
 		log.Info("agent stopped", "reason", err)
@@ -177,16 +218,6 @@ func run(args []string, stderr io.Writer) int {
 		return 1
 	}
 	return 0
-}
-
-func splitList(s string) []string {
-	var out []string
-	for _, v := range strings.Split(s, ",") {
-		if v = strings.TrimRight(strings.TrimSpace(v), "/"); v != "" {
-			out = append(out, v)
-		}
-	}
-	return out
 }
 
 // bmcReader reads the BMC address in band with ipmitool when the ramdisk
