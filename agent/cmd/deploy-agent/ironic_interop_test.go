@@ -282,6 +282,29 @@ func wholeDiskImage(t *testing.T, size int64, seed uint64) []byte {
 	return b
 }
 
+// imageTime is the images' Last-Modified: streaming a qcow2 image needs a
+// validator for its Range reads, as every real web server sends.
+var imageTime = time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)
+
+// toQcow2 converts a raw image with qemu-img.
+func toQcow2(t *testing.T, raw []byte) []byte {
+	t.Helper()
+	qemuImg := peertest.Binary(t, "qemu-img", "qemu-utils")
+	dir := t.TempDir()
+	in, out := filepath.Join(dir, "disk.raw"), filepath.Join(dir, "disk.qcow2")
+	if err := os.WriteFile(in, raw, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := exec.Command(qemuImg, "convert", "-f", "raw", "-O", "qcow2", in, out).CombinedOutput(); err != nil {
+		t.Fatalf("qemu-img convert: %v: %s", err, b)
+	}
+	b, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
 // loopDevice attaches a file to a loop device, detached at cleanup.
 func loopDevice(t *testing.T, file string) string {
 	t.Helper()
@@ -301,23 +324,38 @@ func loopDevice(t *testing.T, file string) string {
 
 // TestInteropIronicDrivesAgent: a real Ironic 21.4 conductor deploys a
 // whole-disk image through our agent process onto a file-backed disk, in
-// UEFI and BIOS boot modes, then undeploys with automated cleaning, which
-// wipes the disk's metadata through the agent.
+// UEFI and BIOS boot modes (and a qcow2 image, converted while streaming),
+// then undeploys with automated cleaning, which wipes the disk's metadata
+// through the agent.
 func TestInteropIronicDrivesAgent(t *testing.T) {
 	api := ironic(t)
 	ic := ironicClient{t: t, base: api}
 
-	for i, mode := range []string{"uefi", "bios"} {
-		t.Run(mode, func(t *testing.T) {
+	for i, tc := range []struct {
+		name, boot string
+		qcow2      bool
+	}{
+		{name: "uefi", boot: "uefi"},
+		{name: "bios", boot: "bios"},
+		{name: "bios-qcow2", boot: "bios", qcow2: true},
+	} {
+		mode := tc.boot
+		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			ic := ironicClient{t: t, base: ic.base}
 			img := wholeDiskImage(t, 8*mib, uint64(i+1))
-			sum := sha256.Sum256(img)
+			served, format := img, "raw"
+			if tc.qcow2 {
+				served, format = toQcow2(t, img), "qcow2"
+			}
+			sum := sha256.Sum256(served)
 			digest := hex.EncodeToString(sum[:])
+			rawSum := sha256.Sum256(img)
+			rawDigest := hex.EncodeToString(rawSum[:])
 			images := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				switch r.URL.Path {
 				case "/disk.raw":
-					http.ServeContent(w, r, "disk.raw", time.Unix(0, 0), bytes.NewReader(img))
+					http.ServeContent(w, r, "disk.raw", imageTime, bytes.NewReader(served))
 				case "/kernel", "/ramdisk":
 					io.WriteString(w, "not a kernel\n") // pxe prepare only copies them
 				default:
@@ -326,10 +364,12 @@ func TestInteropIronicDrivesAgent(t *testing.T) {
 			}))
 			t.Cleanup(images.Close)
 
-			m := &machine{t: t, name: "ingot-" + mode, mac: fmt.Sprintf("52:54:00:12:34:%02x", 0x60+i),
+			m := &machine{t: t, name: "ingot-" + tc.name, mac: fmt.Sprintf("52:54:00:12:34:%02x", 0x60+i),
 				disk: blockdevtest.Disk(t, 5<<30), efi: t.TempDir(), logDir: t.TempDir(), tls: "off"}
 			if mode == "uefi" {
 				m.tls = "auto" // the conductor verifies the agent with agent_verify_ca
+			} else if tc.qcow2 {
+				// a plain file disk
 			} else if os.Geteuid() == 0 {
 				m.disk = loopDevice(t, m.disk) // a real block device: BLKRRPART and all
 			} else {
@@ -361,7 +401,7 @@ func TestInteropIronicDrivesAgent(t *testing.T) {
 				{"op": "add", "path": "/instance_info/image_source", "value": images.URL + "/disk.raw"},
 				{"op": "add", "path": "/instance_info/image_os_hash_algo", "value": "sha256"},
 				{"op": "add", "path": "/instance_info/image_os_hash_value", "value": digest},
-				{"op": "add", "path": "/instance_info/image_disk_format", "value": "raw"},
+				{"op": "add", "path": "/instance_info/image_disk_format", "value": format},
 			}
 			if mode == "bios" {
 				patch = append(patch, map[string]any{"op": "add", "path": "/instance_info/capabilities", "value": map[string]any{"boot_mode": "bios"}})
@@ -375,7 +415,7 @@ func TestInteropIronicDrivesAgent(t *testing.T) {
 			ic.waitState(uuid, 60*time.Second, m.dumpLogs, "wait call-back")
 			agent := m.boot(api)
 			ic.waitState(uuid, 120*time.Second, m.dumpLogs, "active")
-			t.Logf("%s deploy: wait call-back to active in %v", mode, time.Since(start).Round(100*time.Millisecond))
+			t.Logf("%s deploy: wait call-back to active in %v", tc.name, time.Since(start).Round(100*time.Millisecond))
 			m.waitExit(agent, 30*time.Second) // standby.power_off ends the process
 
 			got := make([]byte, len(img))
@@ -386,7 +426,7 @@ func TestInteropIronicDrivesAgent(t *testing.T) {
 			} else {
 				f.Close()
 			}
-			if s := sha256.Sum256(got); hex.EncodeToString(s[:]) != digest {
+			if s := sha256.Sum256(got); hex.EncodeToString(s[:]) != rawDigest {
 				m.dumpLogs()
 				t.Fatalf("the disk does not hold the image")
 			}
@@ -421,7 +461,7 @@ func TestInteropIronicDrivesAgent(t *testing.T) {
 			ic.waitState(uuid, 60*time.Second, m.dumpLogs, "clean wait")
 			agent = m.boot(api)
 			ic.waitState(uuid, 120*time.Second, m.dumpLogs, "available")
-			t.Logf("%s undeploy with cleaning: %v", mode, time.Since(start).Round(100*time.Millisecond))
+			t.Logf("%s undeploy with cleaning: %v", tc.name, time.Since(start).Round(100*time.Millisecond))
 			m.powerOff(agent) // Ironic powered the node off (fake power)
 			if os.Getenv("INGOT_TEST_AGENT_LOGS") != "" {
 				m.dumpLogs()
