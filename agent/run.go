@@ -190,6 +190,7 @@ func runOnce(ctx context.Context, cfg Config, deps Deps, log *slog.Logger) error
 		return context.Cause(ctx)
 	}
 	hc := apiHTTPClient(cfg)
+	defer hc.CloseIdleConnections()
 	log.Info("looking up the node", "api", cfg.APIURLs, "mac", macs, "node", cfg.NodeUUID)
 	res, err := Lookup(ctx, LookupConfig{URLs: cfg.APIURLs, Timeout: cfg.LookupTimeout, Interval: cfg.LookupInterval,
 		ConflictPauses: cfg.ConflictPauses, HTTPClient: hc, Version: cfg.IronicAPIVersion,

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -325,5 +326,26 @@ func TestHeartbeatErrorsAreRetriedFast(t *testing.T) {
 	second := f.nextHeartbeat(t, 15*time.Second)
 	if d := second.at.Sub(first.at); d < 5*time.Second || d > 11*time.Second {
 		t.Errorf("retry after %v, want 5-10 s", d)
+	}
+}
+
+func TestRunLeavesNoGoroutines(t *testing.T) {
+	f := newFakeIronic(t)
+	before := runtime.NumGoroutine()
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	cfg := testConfig(f)
+	cfg.TLS = "auto"
+	go func() { done <- Run(ctx, cfg, Deps{Log: slog.New(slog.DiscardHandler)}) }()
+	f.nextHeartbeat(t, 10*time.Second)
+	cancel()
+	<-done
+	deadline := time.Now().Add(10 * time.Second)
+	for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if n := runtime.NumGoroutine(); n > before {
+		buf := make([]byte, 1<<16)
+		t.Errorf("%d goroutines left after Run returned:\n%s", n-before, buf[:runtime.Stack(buf, true)])
 	}
 }
