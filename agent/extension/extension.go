@@ -20,6 +20,7 @@ import (
 	"io"
 	"log/slog"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 
@@ -288,8 +289,8 @@ func nodeInt(node map[string]any, key string, def int) (int, error) {
 		}
 		return int(n), nil
 	case string:
-		var i int
-		if _, err := fmt.Sscanf(n, "%d", &i); err != nil || i < 0 {
+		i, err := strconv.Atoi(strings.TrimSpace(n))
+		if err != nil || i < 0 {
 			return 0, fmt.Errorf("driver_internal_info.%s: %q is not a non-negative integer", key, n)
 		}
 		return i, nil

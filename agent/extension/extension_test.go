@@ -491,8 +491,16 @@ func TestEraseDevices(t *testing.T) {
 	})
 	t.Run("bad option values are refused", func(t *testing.T) {
 		r := newRig(t, 3*mib, nil)
-		failed(t, r.run(t, "clean.execute_clean_step", eraseStep(map[string]any{"agent_erase_devices_iterations": "many"})),
-			"InvalidCommandParamsError", "agent_erase_devices_iterations")
+		for _, bad := range []any{"many", "2x", -1, 1.5, true} {
+			failed(t, r.run(t, "clean.execute_clean_step", eraseStep(map[string]any{"agent_erase_devices_iterations": bad})),
+				"InvalidCommandParamsError", "agent_erase_devices_iterations")
+		}
+		failed(t, r.run(t, "clean.execute_clean_step", eraseStep(map[string]any{"agent_erase_devices_zeroize": "perhaps"})),
+			"InvalidCommandParamsError", "agent_erase_devices_zeroize")
+		c := r.run(t, "clean.execute_clean_step", eraseStep(map[string]any{"agent_erase_devices_iterations": "1", "agent_erase_devices_zeroize": "False"}))
+		if c.CommandStatus != api.StatusSucceeded {
+			t.Errorf("string-typed options (as Ironic may store them): %v", c.CommandError)
+		}
 	})
 	t.Run("read-only disks fail unless skipping is allowed", func(t *testing.T) {
 		ro := func(o *extension.Options) {
