@@ -16,6 +16,7 @@ pkgs=(
   qemu-system-x86 qemu-utils ipxe-qemu ipxe ovmf netcat-openbsd systemd-boot-efi
   # benchmarks and images
   zstd xz-utils curl iproute2 procps
+  bzip2 lz4 openssl python3                          # imagestream interop: real compressors, checksum tools, a Range-less HTTP server
 )
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 missing=() missing_ironic=()

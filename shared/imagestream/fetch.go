@@ -294,8 +294,18 @@ func (f *fetcher) closeBody() {
 }
 
 // fill reads until buf is full, the file ends (io.EOF) or the download
-// fails for good; a dropped connection is resumed transparently.
+// fails for good; a dropped connection is resumed transparently. The stall
+// watchdog only runs inside fill: time spent waiting for the consumer
+// (a slow disk) is not a stalled server.
 func (f *fetcher) fill(ctx context.Context, buf []byte) (int, error) {
+	if f.body != nil {
+		f.timer.Reset(f.stall)
+	}
+	defer func() {
+		if f.timer != nil {
+			f.timer.Stop() // whichever request is current when fill returns
+		}
+	}()
 	n := 0
 	for n < len(buf) {
 		if f.body == nil {

@@ -111,8 +111,12 @@ type Options struct {
 	// is about 20 MiB plus the image's window.
 	MaxWindow int64
 	// Progress is called at most every ProgressInterval while streaming,
-	// at each phase change and once at the end. Bytes only ever grows.
-	// It runs on the writing goroutine: keep it fast.
+	// at each phase change and once at the end (Phase* constants). Bytes
+	// (written) and Percent only ever grow; Total is the size to write
+	// when known (Content-Length of a raw image, the zstd frame content
+	// size, a qcow2's virtual size); without it Percent follows the
+	// served bytes. A qcow2 image's verifying pass is 0-50 %, its
+	// conversion 50-100 %. It runs on the writing goroutine: keep it fast.
 	Progress func(api.Progress)
 	// ProgressInterval is the minimum time between Progress calls
 	// (default 500 ms).
@@ -129,7 +133,7 @@ type Result struct {
 	Algo       string        // checksum algorithm verified ("sha256", "sha512", "md5", ...)
 	Digest     string        // hex digest verified (of the served bytes)
 	URL        string        // the URL the image came from (credentials redacted)
-	Served     int64         // bytes received from the server, counted once
+	Served     int64         // bytes of the file received and hashed (a qcow2's second-pass Range reads not counted)
 	Resumes    int           // how many times the download resumed after receiving bytes
 	Retries    int           // failed attempts that were retried (resumes included)
 	Duration   time.Duration // wall time of Stream
@@ -178,6 +182,14 @@ type permanentError struct{ err error }
 func (e *permanentError) Error() string { return e.err.Error() }
 func (e *permanentError) Unwrap() error { return e.err }
 
+// transientError marks an error retryable although some of the errors it
+// joins are permanent: one image URL of several failed for good, another
+// may answer next time.
+type transientError struct{ err error }
+
+func (e *transientError) Error() string { return e.err.Error() }
+func (e *transientError) Unwrap() error { return e.err }
+
 func permanent(err error) error {
 	if err == nil {
 		return nil
@@ -192,6 +204,9 @@ func permanent(err error) error {
 // stalls and ErrChanged are not permanent.
 func IsPermanent(err error) bool {
 	if err == nil {
+		return false
+	}
+	if te := (*transientError)(nil); errors.As(err, &te) {
 		return false
 	}
 	for _, s := range []error{ErrChecksum, ErrTooLarge, ErrUnsupportedFormat, ErrNoChecksum} {

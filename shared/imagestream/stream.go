@@ -167,7 +167,7 @@ func openFirst(ctx context.Context, client *http.Client, urls []string, auth str
 	if allPermanent {
 		return nil, permanent(fmt.Errorf("every image url failed: %w", err))
 	}
-	return nil, fmt.Errorf("every image url failed: %w", err)
+	return nil, &transientError{fmt.Errorf("every image url failed: %w", err)}
 }
 
 // resolveChecksum returns the algorithm and digest to verify, fetching a
@@ -542,6 +542,8 @@ func (e *sourceError) Unwrap() error { return e.err }
 // chanReader is the decompressor's io.Reader over the fetched chunks; it
 // recycles each buffer once consumed.
 type chanReader struct {
+	// ctx is the pipeline's: io.Reader has no context parameter, and the
+	// decompressor must not block on a cancelled pipeline.
 	ctx context.Context
 	in  <-chan chunk
 	cur chunk

@@ -680,6 +680,19 @@ func TestStreamTriesURLsInOrder(t *testing.T) {
 	if res.URL != srv.URL+"/disk.img" || !bytes.Equal(dst.bytes(), img) {
 		t.Errorf("result %+v", res)
 	}
+	t.Run("one failing for good and one for now is retryable", func(t *testing.T) {
+		s := newImageServer()
+		s.add("disk.img", img)
+		s.always = &fault{status: 503}
+		srv2 := startServer(t, s)
+		info := imageInfo(srv.URL+"/a.img", img)
+		info.URLs = append(info.URLs, srv2.URL+"/disk.img")
+		_, err := Stream(t.Context(), info, newMemTarget(), testOptions(t))
+		msg := mustErr(t, err, nil)
+		if IsPermanent(err) || !strings.Contains(msg, "404") || !strings.Contains(msg, "503") {
+			t.Errorf("error %q (permanent %v), want a retryable error naming both failures", msg, IsPermanent(err))
+		}
+	})
 	t.Run("all failing permanently is permanent", func(t *testing.T) {
 		info := imageInfo(srv.URL+"/a.img", img)
 		info.URLs = append(info.URLs, srv.URL+"/b.img")

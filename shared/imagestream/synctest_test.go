@@ -87,6 +87,40 @@ func TestStreamCancelOnAFakeClock(t *testing.T) {
 	}
 }
 
+// TestStreamSlowTargetIsNotAStall: a write that takes longer than the
+// stall timeout holds the download back (bounded buffers), which must not
+// count as a stalled server.
+func TestStreamSlowTargetIsNotAStall(t *testing.T) {
+	img := makeImage(42, 12<<20)
+	synctest.Test(t, func(t *testing.T) {
+		s := newImageServer()
+		s.add("disk.img", img)
+		opts := Options{Client: &http.Client{Transport: &handlerTransport{h: s}}, Log: testOptions(t).Log}
+		dst := &slowTarget{memTarget: newMemTarget(), delay: 3 * time.Minute, at: 2 << 20}
+		res, err := Stream(t.Context(), imageInfo("http://images.invalid/disk.img", img), dst, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Resumes != 0 || res.Retries != 0 || len(s.reqs()) != 1 || !bytes.Equal(dst.bytes(), img) {
+			t.Errorf("result %+v after %d requests: a slow disk was taken for a stalled server", res, len(s.reqs()))
+		}
+	})
+}
+
+// slowTarget takes delay (on the fake clock) over the write at offset at.
+type slowTarget struct {
+	*memTarget
+	delay time.Duration
+	at    int64
+}
+
+func (s *slowTarget) WriteAt(p []byte, off int64) (int, error) {
+	if off == s.at {
+		time.Sleep(s.delay)
+	}
+	return s.memTarget.WriteAt(p, off)
+}
+
 // handlerTransport calls an http.Handler in memory: the response body is
 // an io.Pipe the handler writes into. It honours the request's context and
 // Content-Length like net/http's transport, and turns a handler's
