@@ -100,7 +100,7 @@ func fixtures() map[string]tree {
 	virtio := tree{
 		"proc/cpuinfo":                               fixtureCPUInfo,
 		"proc/meminfo":                               "MemTotal:        4028332 kB\nMemFree:          123456 kB\n",
-		"sys/firmware/efi/":                          "",
+		"sys/firmware/efi/fw_platform_size":          "64\n", // a file: git keeps no empty directory
 		"sys/class/dmi/id/sys_vendor":                "QEMU\n",
 		"sys/class/dmi/id/product_name":              "Standard PC (Q35 + ICH9, 2009)\n",
 		"sys/class/dmi/id/product_serial":            "SN-4711\n",
