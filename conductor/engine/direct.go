@@ -140,7 +140,7 @@ func stepsOf(n *node.Node, stepsKey, indexKey string) ([]map[string]any, int) {
 func (d directDeploy) deploy(ctx context.Context, n *node.Node) (node.Event, error) {
 	e := d.e
 	plan := e.planDeploy(n)
-	for _, k := range []string{diCachedDeploySteps, diDeployProgress, diRootUUID} {
+	for _, k := range []string{diCachedDeploySteps, diDeployProgress, diRootUUID, "bootloader_warning"} {
 		setInternal(n, k, nil)
 	}
 	setInternal(n, diDeploySteps, plan)
@@ -557,11 +557,15 @@ func (e *Engine) prepareInstanceBoot(ctx context.Context, n *node.Node, ep Agent
 		params := map[string]any{"root_uuid": parts.RootUUID, "efi_system_part_uuid": efi,
 			"prep_boot_part_uuid": nil, "target_boot_mode": "uefi"}
 		res, err := e.opts.Agent.Execute(ctx, ep, "image.install_bootloader", params, false)
-		if err != nil {
-			return fmt.Errorf("install the bootloader: %w", err)
+		if err == nil {
+			err = e.awaitCommand(ctx, ep, "install_bootloader", res)
 		}
-		if err := e.awaitCommand(ctx, ep, "install_bootloader", res); err != nil {
-			return fmt.Errorf("Failed to install a bootloader when deploying node %s. %w", n.UUID, err)
+		if err != nil {
+			// A whole-disk image carries its own boot loader; firmware can
+			// still boot it from the default path, so Ironic logs and goes
+			// on rather than failing the deployment.
+			e.log.Warn("installing the UEFI boot entry failed; the firmware's default boot path must boot the whole-disk image", "node", n.UUID, "err", err)
+			setInternal(n, "bootloader_warning", fmt.Sprintf("Failed to install a bootloader when deploying node %s: %v", n.UUID, err))
 		}
 	}
 	if err := e.networkBoot(ctx, n, "prepare local boot", Booter.PrepareInstance); err != nil {

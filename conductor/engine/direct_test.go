@@ -510,3 +510,40 @@ func TestCleanStepUnknownToTheAgentFails(t *testing.T) {
 		t.Errorf("state %q last_error %q maintenance %v fault %q", n.ProvisionState, n.LastError, n.Maintenance, n.Fault)
 	}
 }
+
+// bootloaderFails answers install_bootloader with FAILED, as the agent
+// does for an image without an EFI system partition.
+type bootloaderFails struct{ *scriptedAgent }
+
+func (b bootloaderFails) Execute(ctx context.Context, ep engine.AgentEndpoint, name string, params any, wait bool) (*api.CommandResult, error) {
+	res, err := b.scriptedAgent.Execute(ctx, ep, name, params, wait)
+	if name == "image.install_bootloader" {
+		res.CommandStatus = api.StatusFailed
+		res.CommandError = &api.CommandError{Message: "no EFI system partition on /dev/vda"}
+	}
+	return res, err
+}
+
+// TestBootloaderFailureOfAWholeDiskImageIsAWarning: as Ironic, a whole-disk
+// image whose UEFI boot entry cannot be installed still deploys.
+func TestBootloaderFailureOfAWholeDiskImageIsAWarning(t *testing.T) {
+	sa := &scriptedAgent{}
+	d := newDirect(t, engine.Options{})
+	d.eng = engine.New(d.db, testDrivers{d.power}, slog.New(slog.DiscardHandler), engine.Options{Conductor: "c2",
+		Agent: bootloaderFails{sa}, PostDeployPowerOffRetries: 1, PostDeployPowerOffInterval: time.Millisecond,
+		CommandPollInterval: time.Millisecond, CheckInterval: -1, PowerSyncInterval: -1})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { d.eng.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	d.agent = sa
+	d.verb(t, "active")
+	d.lookup(t)
+	d.heartbeat(t)
+	d.agent.finish("deploy")
+	d.heartbeat(t)
+	n := d.get(t, d.node.UUID)
+	if n.ProvisionState != node.StateActive || !strings.Contains(fmt.Sprint(n.DriverInternalInfo["bootloader_warning"]), "no EFI system partition") {
+		t.Errorf("state %q last_error %q warning %v", n.ProvisionState, n.LastError, n.DriverInternalInfo["bootloader_warning"])
+	}
+}

@@ -147,6 +147,9 @@ type Options struct {
 	// cleaning; 0 disables a step. Default: erase_devices_metadata 99,
 	// erase_devices 0 (metadata-only erase, as most operators choose).
 	CleanStepPriorities map[string]int
+	// LookupLockWait is how long a lookup waits for a node's reservation
+	// before answering 409 (2 s).
+	LookupLockWait time.Duration
 	// MD5Allowed lets agents accept MD5 image checksums.
 	MD5Allowed bool
 	// ImageDownloadSource is "http" (agents fetch images from their URLs)
@@ -215,7 +218,7 @@ func New(store Store, drivers Drivers, log *slog.Logger, opts Options) *Engine {
 		{&opts.CleanCallbackTimeout, 1800 * time.Second}, {&opts.InspectWaitTimeout, 1800 * time.Second},
 		{&opts.CheckInterval, 60 * time.Second}, {&opts.PowerSyncInterval, 120 * time.Second},
 		{&opts.CommandPollInterval, time.Second}, {&opts.CommandWaitTimeout, 10 * time.Minute},
-		{&opts.PostDeployPowerOffInterval, 5 * time.Second},
+		{&opts.PostDeployPowerOffInterval, 5 * time.Second}, {&opts.LookupLockWait, 2 * time.Second},
 	}
 	for _, d := range defaults {
 		if *d.d == 0 {
@@ -411,6 +414,37 @@ func (e *Engine) acquire(ctx context.Context, ident string) (*node.Node, error) 
 			return nil, err
 		}
 		return n, nil
+	}
+}
+
+// acquireWithin reserves the node, polling for up to wait while another
+// task holds it.
+func (e *Engine) acquireWithin(ctx context.Context, uuid string, wait time.Duration) (*node.Node, error) {
+	deadline := time.Now().Add(wait)
+	for {
+		n, err := e.get(ctx, uuid)
+		if err != nil {
+			return nil, err
+		}
+		if n.Reservation == "" {
+			err = e.store.SetReservation(ctx, n, e.opts.Conductor)
+			if err == nil {
+				return n, nil
+			}
+			if !errors.Is(err, node.ErrConflict) {
+				return nil, err
+			}
+		}
+		if time.Now().After(deadline) {
+			holder := n.Reservation
+			if holder == "" {
+				holder = "another request"
+			}
+			return nil, &node.LockedError{Node: n.UUID, Holder: holder}
+		}
+		if err := sleep(ctx, 20*time.Millisecond); err != nil {
+			return nil, err
+		}
 	}
 }
 
