@@ -22,7 +22,7 @@ help: ## list the targets
 .PHONY: build
 build: ## build the binaries into bin/ (static, CGO_ENABLED=0)
 	@mkdir -p $(BIN)
-	$(GO) build -trimpath -o $(BIN)/ ./conductor/cmd/...
+	$(GO) build -trimpath -o $(BIN)/ ./conductor/cmd/... ./agent/cmd/...
 
 .PHONY: run
 run: build ## run the conductor with its zero-configuration defaults

@@ -13,9 +13,10 @@ pkgs=(
   atftp tftp-hpa tftpd-hpa udhcpc busybox            # TFTP/DHCP clients, the TFTP baseline server, udhcpd for ProxyDHCP tests
   tgt libiscsi-bin                                   # iSCSI target and initiator tools
   # virtual node
-  qemu-system-x86 qemu-utils ipxe-qemu ipxe ovmf netcat-openbsd
+  qemu-system-x86 qemu-utils ipxe-qemu ipxe ovmf netcat-openbsd systemd-boot-efi
   # benchmarks and images
   zstd xz-utils curl iproute2 procps
+  bzip2 lz4 openssl python3                          # imagestream interop: real compressors, checksum tools, a Range-less HTTP server
 )
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 missing=() missing_ironic=()

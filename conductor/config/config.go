@@ -16,6 +16,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -67,6 +68,29 @@ type Config struct {
 
 	// Boot configures network boot (boot.go).
 	Boot Boot
+	// Agent-driven provisioning (Ironic's [api], [agent], [conductor] and
+	// [deploy] options of the same names).
+	HeartbeatTimeout             time.Duration
+	DeployCallbackTimeout        time.Duration
+	CleanCallbackTimeout         time.Duration
+	CheckInterval                time.Duration
+	PowerSyncInterval            time.Duration
+	AgentCommandTimeout          time.Duration
+	PostDeployPowerOffRetries    int
+	PostDeployPowerOffInterval   time.Duration
+	EraseDevicesPriority         int
+	EraseDevicesMetadataPriority int
+	MD5Allowed                   bool
+
+	// ImageCacheDir and ImageCacheSize bound the conductor's image cache;
+	// ImageDownloadSource "local" makes agents fetch every image from it
+	// instead of from the image's own URL ("http", Ironic's default).
+	ImageCacheDir       string
+	ImageCacheSize      int64
+	ImageDownloadSource string
+	// IPMICipherSuites lists the RMCP+ cipher suites the ipmitool driver
+	// tries, in order, for nodes whose driver_info pins none ("17,3").
+	IPMICipherSuites string
 }
 
 // DefaultStateDir is /var/lib/ingot for root and the XDG state directory
@@ -110,6 +134,21 @@ func (c *Config) FlagSet(name string) *flag.FlagSet {
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 30*time.Second, "how long graceful shutdown waits for running work")
 	fs.DurationVar(&c.ConductorHeartbeat, "conductor-heartbeat", 10*time.Second, "how often this conductor refreshes its liveness record")
 	c.Boot.flags(fs)
+	fs.DurationVar(&c.HeartbeatTimeout, "heartbeat-timeout", 300*time.Second, "handed to agents: they heartbeat every 0.3-0.6 of it")
+	fs.DurationVar(&c.DeployCallbackTimeout, "deploy-callback-timeout", 1800*time.Second, "fail a deployment whose agent is silent this long")
+	fs.DurationVar(&c.CleanCallbackTimeout, "clean-callback-timeout", 1800*time.Second, "fail a cleaning whose agent is silent this long")
+	fs.DurationVar(&c.CheckInterval, "check-interval", 60*time.Second, "how often callback timeouts are checked")
+	fs.DurationVar(&c.PowerSyncInterval, "power-sync-interval", 120*time.Second, "how often power states are compared with the BMCs (0 disables)")
+	fs.DurationVar(&c.AgentCommandTimeout, "agent-command-timeout", 60*time.Second, "timeout of each request to an agent")
+	fs.IntVar(&c.PostDeployPowerOffRetries, "post-deploy-power-off-retries", 6, "power state polls after the agent's power off before forcing it")
+	fs.DurationVar(&c.PostDeployPowerOffInterval, "post-deploy-power-off-interval", 5*time.Second, "interval of those polls")
+	fs.IntVar(&c.EraseDevicesPriority, "erase-devices-priority", 0, "priority of the full-disk erase in automated cleaning (0 disables)")
+	fs.IntVar(&c.EraseDevicesMetadataPriority, "erase-devices-metadata-priority", 99, "priority of the metadata erase in automated cleaning (0 disables)")
+	fs.BoolVar(&c.MD5Allowed, "md5-allowed", false, "let agents verify images against MD5 checksums")
+	fs.StringVar(&c.ImageCacheDir, "image-cache-dir", "", "image cache directory (default: <state-dir>/images)")
+	fs.Int64Var(&c.ImageCacheSize, "image-cache-size", 20<<30, "largest size of the image cache in bytes")
+	fs.StringVar(&c.ImageDownloadSource, "image-download-source", "http", "http: agents fetch images from their URLs; local: from the conductor's cache")
+	fs.StringVar(&c.IPMICipherSuites, "ipmi-cipher-suites", "17,3", "IPMI lanplus cipher suites tried in order when a node's driver_info has no ipmi_cipher_suite")
 	return fs
 }
 
@@ -130,6 +169,9 @@ func Load(args []string, usage io.Writer) (*Config, error) {
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected arguments: %v", fs.Args())
+	}
+	if c.ImageCacheDir == "" && c.StateDir != "" {
+		c.ImageCacheDir = filepath.Join(c.StateDir, "images")
 	}
 	if c.Database == "" && c.StateDir != "" {
 		abs, err := filepath.Abs(filepath.Join(c.StateDir, "ingot.db"))
@@ -160,8 +202,16 @@ func (c *Config) Validate() error {
 			bad("state-dir is required for an SQLite database")
 		}
 	case strings.HasPrefix(c.Database, "postgres://"), strings.HasPrefix(c.Database, "postgresql://"):
-		if _, err := url.Parse(c.Database); err != nil {
+		u, err := url.Parse(c.Database)
+		switch {
+		case err != nil:
 			bad("database: %v", redactErr(err, c.Database))
+		case u.Hostname() == "" && u.Query().Get("host") == "":
+			bad("database %q: no host", RedactURL(c.Database))
+		case u.Port() != "" && checkPort(u.Port()) != nil:
+			bad("database %q: %v", RedactURL(c.Database), checkPort(u.Port()))
+		case strings.Trim(u.Path, "/") == "" || strings.ContainsAny(strings.Trim(u.Path, "/"), "/ "):
+			bad("database %q: want one database name in the path", RedactURL(c.Database))
 		}
 	default:
 		bad("database %q: want sqlite:// or postgres://", RedactURL(c.Database))
@@ -179,13 +229,55 @@ func (c *Config) Validate() error {
 		bad("max-limit %d: must be positive", c.MaxLimit)
 	}
 	for name, d := range map[string]time.Duration{"power-state-timeout": c.PowerStateTimeout,
-		"shutdown-timeout": c.ShutdownTimeout, "conductor-heartbeat": c.ConductorHeartbeat} {
+		"shutdown-timeout": c.ShutdownTimeout, "conductor-heartbeat": c.ConductorHeartbeat,
+		"heartbeat-timeout": c.HeartbeatTimeout, "deploy-callback-timeout": c.DeployCallbackTimeout,
+		"clean-callback-timeout": c.CleanCallbackTimeout, "check-interval": c.CheckInterval,
+		"agent-command-timeout": c.AgentCommandTimeout, "post-deploy-power-off-interval": c.PostDeployPowerOffInterval} {
 		if d <= 0 {
 			bad("%s %s: must be positive", name, d)
 		}
 	}
 	errs = append(errs, c.validateBoot()...)
+	if c.PowerSyncInterval < 0 {
+		bad("power-sync-interval %s: must not be negative", c.PowerSyncInterval)
+	}
+	if c.HeartbeatTimeout > 0 && c.DeployCallbackTimeout > 0 && c.DeployCallbackTimeout < c.HeartbeatTimeout {
+		bad("deploy-callback-timeout %s is shorter than heartbeat-timeout %s: live agents would time out", c.DeployCallbackTimeout, c.HeartbeatTimeout)
+	}
+	if c.ImageDownloadSource != "http" && c.ImageDownloadSource != "local" {
+		bad("image-download-source %q: want http or local", c.ImageDownloadSource)
+	}
+	if c.ImageCacheSize <= 0 {
+		bad("image-cache-size %d: must be positive", c.ImageCacheSize)
+	}
+	if c.PostDeployPowerOffRetries < 0 || c.EraseDevicesPriority < 0 || c.EraseDevicesMetadataPriority < 0 {
+		bad("retry counts and step priorities must not be negative")
+	}
+	if _, err := c.IPMICipherSuiteList(); err != nil {
+		bad("ipmi-cipher-suites: %v", err)
+	}
 	return errors.Join(errs...)
+}
+
+// IPMICipherSuiteList parses IPMICipherSuites: comma-separated cipher
+// suite IDs from 0 to 19, at least one.
+func (c *Config) IPMICipherSuiteList() ([]int, error) {
+	var out []int
+	for _, f := range strings.Split(c.IPMICipherSuites, ",") {
+		f = strings.TrimSpace(f)
+		if f == "" {
+			continue
+		}
+		id, err := strconv.Atoi(f)
+		if err != nil || id < 0 || id > 19 {
+			return nil, fmt.Errorf("%q is not a cipher suite ID (0 to 19)", f)
+		}
+		out = append(out, id)
+	}
+	if len(out) == 0 {
+		return nil, errors.New("want at least one cipher suite ID, e.g. 17,3")
+	}
+	return out, nil
 }
 
 func checkListen(addr string) error {
@@ -196,6 +288,10 @@ func checkListen(addr string) error {
 	if host != "" && net.ParseIP(host) == nil && host != "localhost" {
 		return fmt.Errorf("host %q is not an IP address", host)
 	}
+	return checkPort(port)
+}
+
+func checkPort(port string) error {
 	p, err := strconv.Atoi(port)
 	if err != nil || p < 0 || p > 65535 {
 		return fmt.Errorf("port %q out of range", port)
@@ -207,10 +303,16 @@ func redactErr(err error, secret string) error {
 	return errors.New(strings.ReplaceAll(err.Error(), secret, RedactURL(secret)))
 }
 
-// RedactURL hides the password of a URL.
+// userinfoRE finds the password of a URL that does not parse.
+var userinfoRE = regexp.MustCompile(`(://[^:/@]*):[^@/]*@`)
+
+// RedactURL hides the password of a URL, even a malformed one.
 func RedactURL(s string) string {
 	u, err := url.Parse(s)
-	if err != nil || u.User == nil {
+	if err != nil {
+		return userinfoRE.ReplaceAllString(s, "$1:******@")
+	}
+	if u.User == nil {
 		return s
 	}
 	if _, has := u.User.Password(); has {
@@ -238,6 +340,7 @@ func (c *Config) LogValue() slog.Value {
 		slog.String("conductor", c.ConductorName),
 		slog.Bool("automated_clean", c.AutomatedClean),
 		c.bootLogValue(),
+		slog.String("ipmi_cipher_suites", c.IPMICipherSuites),
 	)
 }
 

@@ -28,6 +28,8 @@ func (e *Engine) deployInterface(n *node.Node) (deployer, error) {
 	switch n.Interfaces.Deploy {
 	case "fake":
 		return fakeDeploy{e: e}, nil
+	case "direct":
+		return directDeploy{e: e}, nil
 	}
 	return nil, node.Errorf(node.ErrInvalid, "deploy interface %q of node %s is not available in this conductor", n.Interfaces.Deploy, n.UUID)
 }

@@ -26,10 +26,12 @@ type Store interface {
 	GetNode(ctx context.Context, ident string) (*node.Node, error)
 	CreateNode(ctx context.Context, n *node.Node) error
 	UpdateNode(ctx context.Context, n *node.Node) error
+	UpdateNodeInternal(ctx context.Context, n *node.Node) error
 	SetReservation(ctx context.Context, n *node.Node, holder string) error
 	DeleteNode(ctx context.Context, uuid string, version int64) error
 	ReleaseReservations(ctx context.Context, holder string) (int64, error)
 	NodesInStates(ctx context.Context, states ...node.State) ([]*node.Node, error)
+	NodeByMACs(ctx context.Context, macs []string) (*node.Node, error)
 
 	GetPort(ctx context.Context, uuid string) (*node.Port, error)
 	CreatePort(ctx context.Context, p *node.Port) error
@@ -109,6 +111,51 @@ type Options struct {
 	// Booter serves network boot for pxe/ipxe boot interfaces; nil means
 	// only "fake" boot works.
 	Booter Booter
+	// Agent talks to deploy agents; nil disables the direct deploy
+	// interface.
+	Agent Agent
+	// Images is the conductor's image cache; nil means agents must fetch
+	// images themselves.
+	Images ImageCache
+
+	// HeartbeatTimeout is handed to agents at lookup; they beat every
+	// 0.3-0.6 of it (Ironic's [api]ramdisk_heartbeat_timeout, 300 s).
+	HeartbeatTimeout time.Duration
+	// DeployCallbackTimeout and CleanCallbackTimeout fail a deployment or
+	// cleaning whose agent went silent (1800 s each); InspectWaitTimeout
+	// likewise for inspection.
+	DeployCallbackTimeout time.Duration
+	CleanCallbackTimeout  time.Duration
+	InspectWaitTimeout    time.Duration
+	// CheckInterval is how often timeouts are checked (60 s).
+	CheckInterval time.Duration
+	// PowerSyncInterval is how often power states are compared with the
+	// BMCs (120 s; negative disables); PowerSyncMaxFailures puts a node
+	// that keeps failing into maintenance (3).
+	PowerSyncInterval    time.Duration
+	PowerSyncMaxFailures int
+	// CommandPollInterval and CommandWaitTimeout bound the wait for an
+	// agent command the conductor waits on (install_bootloader): 1 s and
+	// 10 min.
+	CommandPollInterval time.Duration
+	CommandWaitTimeout  time.Duration
+	// PostDeployPowerOffRetries × PostDeployPowerOffInterval is how long
+	// tear_down_agent waits for the agent's power off (6 × 5 s).
+	PostDeployPowerOffRetries  int
+	PostDeployPowerOffInterval time.Duration
+	// CleanStepPriorities overrides the agent's priorities for automated
+	// cleaning; 0 disables a step. Default: erase_devices_metadata 99,
+	// erase_devices 0 (metadata-only erase, as most operators choose).
+	CleanStepPriorities map[string]int
+	// LookupLockWait is how long a lookup waits for a node's reservation
+	// before answering 409 (2 s).
+	LookupLockWait time.Duration
+	// MD5Allowed lets agents accept MD5 image checksums.
+	MD5Allowed bool
+	// ImageDownloadSource is "http" (agents fetch images from their URLs)
+	// or "local" (from the conductor's image cache); a node's
+	// instance_info or driver_info image_download_source overrides it.
+	ImageDownloadSource string
 }
 
 // Engine applies provisioning to nodes.
@@ -163,6 +210,30 @@ func New(store Store, drivers Drivers, log *slog.Logger, opts Options) *Engine {
 	if opts.ShutdownTimeout == 0 {
 		opts.ShutdownTimeout = 30 * time.Second
 	}
+	defaults := []struct {
+		d *time.Duration
+		v time.Duration
+	}{
+		{&opts.HeartbeatTimeout, 300 * time.Second}, {&opts.DeployCallbackTimeout, 1800 * time.Second},
+		{&opts.CleanCallbackTimeout, 1800 * time.Second}, {&opts.InspectWaitTimeout, 1800 * time.Second},
+		{&opts.CheckInterval, 60 * time.Second}, {&opts.PowerSyncInterval, 120 * time.Second},
+		{&opts.CommandPollInterval, time.Second}, {&opts.CommandWaitTimeout, 10 * time.Minute},
+		{&opts.PostDeployPowerOffInterval, 5 * time.Second}, {&opts.LookupLockWait, 2 * time.Second},
+	}
+	for _, d := range defaults {
+		if *d.d == 0 {
+			*d.d = d.v
+		}
+	}
+	if opts.PowerSyncMaxFailures == 0 {
+		opts.PowerSyncMaxFailures = 3
+	}
+	if opts.PostDeployPowerOffRetries == 0 {
+		opts.PostDeployPowerOffRetries = 6
+	}
+	if opts.CleanStepPriorities == nil {
+		opts.CleanStepPriorities = map[string]int{stepEraseMetadata: 99, stepEraseDevices: 0}
+	}
 	return &Engine{
 		store:   store,
 		drivers: drivers,
@@ -186,7 +257,7 @@ func (e *Engine) Run(ctx context.Context) error {
 	var workers sync.WaitGroup
 	for range e.opts.Workers {
 		workers.Go(func() {
-			for {
+			for ctx.Err() == nil {
 				select {
 				case <-ctx.Done():
 					return
@@ -196,7 +267,11 @@ func (e *Engine) Run(ctx context.Context) error {
 			}
 		})
 	}
+	var periodic sync.WaitGroup
+	periodic.Go(func() { every(ctx, e.opts.CheckInterval, e.CheckTimeouts) })
+	periodic.Go(func() { every(ctx, e.opts.PowerSyncInterval, e.SyncPowerStates) })
 	<-ctx.Done()
+	periodic.Wait()
 	e.drainQueued(workCtx)
 	done := make(chan struct{})
 	go func() { workers.Wait(); close(done) }()
@@ -250,6 +325,20 @@ func (e *Engine) spawn(uuid, name string, run func(ctx context.Context)) error {
 	}
 }
 
+// startTask runs work in the background on a node this conductor holds;
+// the task releases the node when it ends. A task that cannot be queued
+// releases the node at once.
+func (e *Engine) startTask(ctx context.Context, n *node.Node, name string, work func(ctx context.Context)) error {
+	err := e.spawn(n.UUID, name, func(ctx context.Context) {
+		defer e.release(context.WithoutCancel(ctx), n)
+		work(ctx)
+	})
+	if err != nil {
+		e.release(context.WithoutCancel(ctx), n)
+	}
+	return err
+}
+
 // Wait blocks until no background task is queued or running. Tests use it
 // to observe the state a verb ends in.
 func (e *Engine) Wait() { e.inflight.Wait() }
@@ -298,29 +387,64 @@ func (e *Engine) get(ctx context.Context, ident string) (*node.Node, error) {
 
 // acquire reserves the node for this conductor, waiting briefly for a held
 // reservation. It returns the reserved node; the caller must release it.
+// Losing a race for the reservation counts as finding it held.
 func (e *Engine) acquire(ctx context.Context, ident string) (*node.Node, error) {
-	for attempt := 0; ; attempt++ {
+	waits := 0
+	for conflicts := 0; ; {
 		n, err := e.get(ctx, ident)
 		if err != nil {
 			return nil, err
 		}
 		if n.Reservation != "" {
-			if attempt >= e.opts.LockRetries {
+			if waits >= e.opts.LockRetries {
 				return nil, &node.LockedError{Node: n.UUID, Holder: n.Reservation}
 			}
+			waits++
 			if err := sleep(ctx, e.opts.LockRetryInterval); err != nil {
 				return nil, err
 			}
 			continue
 		}
 		err = e.store.SetReservation(ctx, n, e.opts.Conductor)
-		if errors.Is(err, node.ErrConflict) && attempt < e.opts.LockRetries {
+		if errors.Is(err, node.ErrConflict) && conflicts < 20 {
+			conflicts++ // someone wrote the node meanwhile; look again
 			continue
 		}
 		if err != nil {
 			return nil, err
 		}
 		return n, nil
+	}
+}
+
+// acquireWithin reserves the node, polling for up to wait while another
+// task holds it.
+func (e *Engine) acquireWithin(ctx context.Context, uuid string, wait time.Duration) (*node.Node, error) {
+	deadline := time.Now().Add(wait)
+	for {
+		n, err := e.get(ctx, uuid)
+		if err != nil {
+			return nil, err
+		}
+		if n.Reservation == "" {
+			err = e.store.SetReservation(ctx, n, e.opts.Conductor)
+			if err == nil {
+				return n, nil
+			}
+			if !errors.Is(err, node.ErrConflict) {
+				return nil, err
+			}
+		}
+		if time.Now().After(deadline) {
+			holder := n.Reservation
+			if holder == "" {
+				holder = "another request"
+			}
+			return nil, &node.LockedError{Node: n.UUID, Holder: holder}
+		}
+		if err := sleep(ctx, 20*time.Millisecond); err != nil {
+			return nil, err
+		}
 	}
 }
 

@@ -3,7 +3,6 @@ package engine
 import (
 	"context"
 	"errors"
-	"fmt"
 	"net"
 	"regexp"
 	"slices"
@@ -232,19 +231,12 @@ func (e *Engine) DeleteNode(ctx context.Context, ident string) error {
 }
 
 // cleanUpBoot removes the node's network boot configuration, if its boot
-// interface keeps any.
+// interface keeps any (none exists without network boot services).
 func (e *Engine) cleanUpBoot(ctx context.Context, n *node.Node) error {
-	if e.opts.Booter == nil || n.Interfaces.Boot == "fake" {
+	if e.opts.Booter == nil {
 		return nil
 	}
-	ports, err := e.store.PortsOfNode(ctx, n.UUID)
-	if err != nil {
-		return err
-	}
-	if err := e.opts.Booter.CleanUp(ctx, n, ports); err != nil {
-		return fmt.Errorf("clean up boot configuration of node %s: %w", n.UUID, err)
-	}
-	return nil
+	return e.networkBoot(ctx, n, "clean up boot configuration of node "+n.UUID, Booter.CleanUp)
 }
 
 // NormalizeMAC validates a MAC address and returns it lower-case with
@@ -265,6 +257,18 @@ func (e *Engine) CreatePort(ctx context.Context, p *node.Port) (*node.Port, erro
 		return nil, node.Errorf(node.ErrInvalid, "Expected a UUID but received %s.", p.UUID)
 	}
 	p.UUID = strings.ToLower(p.UUID)
+	if _, err := e.checkPort(ctx, p); err != nil {
+		return nil, err
+	}
+	if err := e.store.CreatePort(ctx, p); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// checkPort normalizes a port's MAC and checks its node exists and is not
+// reserved; it returns the node.
+func (e *Engine) checkPort(ctx context.Context, p *node.Port) (*node.Node, error) {
 	mac, err := NormalizeMAC(p.Address)
 	if err != nil {
 		return nil, err
@@ -278,10 +282,7 @@ func (e *Engine) CreatePort(ctx context.Context, p *node.Port) (*node.Port, erro
 		return nil, err
 	}
 	p.NodeUUID = n.UUID
-	if err := e.store.CreatePort(ctx, p); err != nil {
-		return nil, err
-	}
-	return p, nil
+	return n, nil
 }
 
 // busyStates are the states in which a node's ports carry live boot or
@@ -300,19 +301,10 @@ func (e *Engine) UpdatePort(ctx context.Context, uuid string, mutate func(p *nod
 		if err := mutate(p); err != nil {
 			return nil, err
 		}
-		mac, err := NormalizeMAC(p.Address)
+		n, err := e.checkPort(ctx, p)
 		if err != nil {
 			return nil, err
 		}
-		p.Address = mac
-		if !IsUUID(p.NodeUUID) {
-			return nil, node.Errorf(node.ErrInvalid, "Expected a UUID for node_uuid but received %s.", p.NodeUUID)
-		}
-		n, err := e.unlocked(ctx, p.NodeUUID)
-		if err != nil {
-			return nil, err
-		}
-		p.NodeUUID = n.UUID
 		if p.Address != orig.Address && !n.Maintenance && slices.Contains(busyStates, n.ProvisionState) {
 			return nil, node.Errorf(node.ErrConflict, "Cannot update hardware address for port %s as it is attached to node %s in state %q; set the node into maintenance mode first.",
 				p.UUID, n.UUID, n.ProvisionState)

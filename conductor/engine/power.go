@@ -44,30 +44,20 @@ func (e *Engine) SetPower(ctx context.Context, ident string, req PowerRequest) e
 	if n, err = e.acquire(ctx, n.UUID); err != nil {
 		return err
 	}
-	handedOff := false
-	defer func() {
-		if !handedOff {
-			e.release(context.WithoutCancel(ctx), n)
-		}
-	}()
 	p, err := e.drivers.Power(n)
+	if err == nil {
+		n.TargetPowerState = final
+		err = e.save(ctx, n)
+	}
 	if err != nil {
+		e.release(context.WithoutCancel(ctx), n)
 		return err
 	}
-	n.TargetPowerState = final
-	if err := e.save(ctx, n); err != nil {
-		return err
-	}
-	if err := e.spawn(n.UUID, "power", func(ctx context.Context) {
-		defer e.release(context.WithoutCancel(ctx), n)
+	return e.startTask(ctx, n, "power", func(ctx context.Context) {
 		if err := e.setPower(ctx, n, p, req.Target, req.Timeout); err != nil {
 			e.log.Error("power action failed", "node", n.UUID, "err", err)
 		}
-	}); err != nil {
-		return err
-	}
-	handedOff = true
-	return nil
+	})
 }
 
 // setPower runs a power action on a node the caller holds, waits for the
@@ -153,11 +143,25 @@ func (e *Engine) SetBootDevice(ctx context.Context, ident string, dev BootDevice
 		return err
 	}
 	defer e.release(context.WithoutCancel(ctx), n)
-	if err := m.SetBootDevice(ctx, dev.Device, dev.Persistent, BootMode(n) == "uefi"); err != nil {
-		return fmt.Errorf("set boot device of node %s: %w", n.UUID, err)
+	if err := e.setBootDevice(ctx, n, dev.Device, dev.Persistent); err != nil {
+		return err
 	}
-	setInternal(n, "boot_device", map[string]any{"boot_device": dev.Device, "persistent": dev.Persistent})
 	return e.save(ctx, n)
+}
+
+// setBootDevice sets a node's next boot device through its management
+// interface and records the setting in driver_internal_info (the caller
+// saves the node).
+func (e *Engine) setBootDevice(ctx context.Context, n *node.Node, device string, persistent bool) error {
+	m, err := e.drivers.Management(n)
+	if err != nil {
+		return err
+	}
+	if err := m.SetBootDevice(ctx, device, persistent, BootMode(n) == "uefi"); err != nil {
+		return fmt.Errorf("set boot device %s of node %s: %w", device, n.UUID, err)
+	}
+	setInternal(n, "boot_device", map[string]any{"boot_device": device, "persistent": persistent})
+	return nil
 }
 
 // GetBootDevice reads a node's boot device, falling back to the last

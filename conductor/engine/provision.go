@@ -99,16 +99,26 @@ func (e *Engine) Provision(ctx context.Context, ident string, req ProvisionReque
 	if n, err = e.acquire(ctx, n.UUID); err != nil {
 		return err
 	}
-	handedOff := false
-	defer func() {
-		if !handedOff {
-			e.release(context.WithoutCancel(ctx), n)
-		}
-	}()
-	// The node may have moved between the read and the lock.
+	di, err := e.beginProvision(ctx, n, ev, req)
+	if err != nil {
+		e.release(context.WithoutCancel(ctx), n)
+		return err
+	}
+	flow := e.flowFor(n, ev, di)
+	if flow == nil {
+		e.release(context.WithoutCancel(ctx), n)
+		return nil // a transition with no work, e.g. available -> manageable
+	}
+	return e.startTask(ctx, n, req.Target, func(ctx context.Context) { flow(ctx, n) })
+}
+
+// beginProvision re-checks a verb on the node now held, applies the
+// request's data and persists the verb's first transition.
+func (e *Engine) beginProvision(ctx context.Context, n *node.Node, ev node.Event, req ProvisionRequest) (deployer, error) {
+	// The node may have moved between the unlocked check and the lock.
 	di, err := e.checkProvision(ctx, n, ev, req)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	switch ev {
 	case node.EventDeploy, node.EventRebuild:
@@ -129,21 +139,7 @@ func (e *Engine) Provision(ctx context.Context, ident string, req ProvisionReque
 	if ev == node.EventAbort {
 		msg = fmt.Sprintf("Aborted by operator while in state \"%s\".", n.ProvisionState)
 	}
-	if err := e.transition(ctx, n, ev, msg); err != nil {
-		return err
-	}
-	flow := e.flowFor(n, ev, di)
-	if flow == nil {
-		return nil // a transition with no work, e.g. available -> manageable
-	}
-	if err := e.spawn(n.UUID, req.Target, func(ctx context.Context) {
-		defer e.release(context.WithoutCancel(ctx), n)
-		flow(ctx, n)
-	}); err != nil {
-		return err
-	}
-	handedOff = true
-	return nil
+	return di, e.transition(ctx, n, ev, msg)
 }
 
 // checkProvision validates a verb against a node without changing it, and

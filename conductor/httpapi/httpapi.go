@@ -64,6 +64,10 @@ type Options struct {
 	ConductorTimeout time.Duration
 	// Now is the clock; time.Now if nil.
 	Now func() time.Time
+	// Agent is the configuration lookup hands to agents.
+	Agent AgentConfig
+	// Images, when set, serves the conductor's image cache under /images/.
+	Images http.Handler
 }
 
 // Server is the API's HTTP handler.
@@ -85,6 +89,9 @@ func New(eng *engine.Engine, reader Reader, log *slog.Logger, opts Options) *Ser
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
+	}
+	if opts.Agent.HeartbeatTimeout == 0 {
+		opts.Agent.HeartbeatTimeout = 300
 	}
 	opts.PublicURL = strings.TrimSuffix(opts.PublicURL, "/")
 	s := &Server{engine: eng, reader: reader, log: log, opts: opts}
@@ -135,7 +142,13 @@ func (s *Server) routes() {
 	v1.GET("/drivers/:driver/properties", s.driverProperties)
 	v1.GET("/conductors", s.listConductors)
 	v1.GET("/conductors/:hostname", s.showConductor)
+	s.ramdiskRoutes(v1)
 
+	if s.opts.Images != nil {
+		h := echo.WrapHandler(s.opts.Images)
+		e.GET("/images/*", h)
+		e.HEAD("/images/*", h)
+	}
 	e.RouteNotFound("/*", func(c *echo.Context) error {
 		return node.Errorf(node.ErrNotFound, "The resource could not be found.")
 	})

@@ -20,6 +20,7 @@ import (
 	"github.com/ingot-dev/ingot/conductor/engine"
 	"github.com/ingot-dev/ingot/conductor/httpapi"
 	"github.com/ingot-dev/ingot/conductor/node"
+	"github.com/ingot-dev/ingot/conductor/power/ipmi"
 	"github.com/ingot-dev/ingot/conductor/service"
 	"github.com/ingot-dev/ingot/conductor/store"
 )
@@ -39,7 +40,7 @@ func newAPI(t *testing.T) *apiEnv {
 		t.Fatal(err)
 	}
 	log := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
-	eng := engine.New(db, service.Drivers{Drivers: service.DriverTable()}, log, engine.Options{
+	eng := engine.New(db, service.Drivers{Drivers: service.DriverTable(log, ipmi.Options{})}, log, engine.Options{
 		Conductor: "test-conductor", LockRetryInterval: time.Millisecond,
 	})
 	if err := eng.Recover(ctx); err != nil {

@@ -137,7 +137,11 @@ func (s *Server) listNodes(detailPath bool) echo.HandlerFunc {
 		}
 		base := s.baseURL(c)
 		var b bytes.Buffer
-		b.Grow(len(nodes) * 2048)
+		if detail {
+			b.Grow(len(nodes) * 3072)
+		} else {
+			b.Grow(len(nodes) * 256)
+		}
 		b.WriteString(`{"nodes":[`)
 		for i, n := range nodes {
 			if i > 0 {

@@ -17,13 +17,18 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/ingot-dev/ingot/conductor/agentclient"
 	"github.com/ingot-dev/ingot/conductor/config"
 	"github.com/ingot-dev/ingot/conductor/engine"
 	"github.com/ingot-dev/ingot/conductor/httpapi"
+	"github.com/ingot-dev/ingot/conductor/imagecache"
 	"github.com/ingot-dev/ingot/conductor/node"
 	"github.com/ingot-dev/ingot/conductor/power"
+	"github.com/ingot-dev/ingot/conductor/power/ipmi"
 	"github.com/ingot-dev/ingot/conductor/store"
+	"github.com/ingot-dev/ingot/shared/api"
 	"github.com/ingot-dev/ingot/shared/buildinfo"
+	"github.com/ingot-dev/ingot/shared/imagestream"
 )
 
 // Service is a configured conductor, ready to Run.
@@ -59,16 +64,54 @@ func (d Drivers) Management(n *node.Node) (engine.Management, error) {
 	return c, nil
 }
 
+// Agent adapts the agent client to what the engine consumes.
+type Agent struct{ C *agentclient.Client }
+
+// Execute runs a command on an agent.
+func (a Agent) Execute(ctx context.Context, ep engine.AgentEndpoint, name string, params any, wait bool) (*api.CommandResult, error) {
+	res, err := a.C.Execute(ctx, agentclient.Endpoint(ep), name, params, wait)
+	return res, agentErr(err)
+}
+
+// Commands lists an agent's commands.
+func (a Agent) Commands(ctx context.Context, ep engine.AgentEndpoint) ([]api.CommandResult, error) {
+	res, err := a.C.Commands(ctx, agentclient.Endpoint(ep))
+	return res, agentErr(err)
+}
+
+func agentErr(err error) error {
+	switch {
+	case errors.Is(err, agentclient.ErrBusy):
+		return fmt.Errorf("%w: %v", engine.ErrAgentBusy, err)
+	case errors.Is(err, agentclient.ErrUnreachable):
+		return fmt.Errorf("%w: %v", engine.ErrAgentUnreachable, err)
+	}
+	return err
+}
+
+// Download is the image cache's downloader: the shared streamer, writing
+// the image as served (still compressed) and verifying its checksum.
+func Download(log *slog.Logger) imagecache.Downloader {
+	return func(ctx context.Context, info api.ImageInfo, dst *os.File) (string, string, error) {
+		res, err := imagestream.Stream(ctx, info, dst, imagestream.Options{NoDecompress: true, Log: log})
+		return res.Algo, res.Digest, err
+	}
+}
+
 // DriverTable returns the power and management drivers this conductor
-// enables, by interface name.
-func DriverTable() *power.Drivers {
+// enables, by interface name; "ipmitool" talks to BMCs with ipmiOpts and
+// logs to log.
+func DriverTable(log *slog.Logger, ipmiOpts ipmi.Options) *power.Drivers {
+	ipmiDrv := ipmi.New(log, ipmiOpts)
 	return &power.Drivers{
 		PowerDrivers: map[string]power.PowerDriver{
-			"fake": {New: power.NewFake},
+			"fake":     {New: power.NewFake},
+			"ipmitool": ipmiDrv.PowerDriver(),
 		},
 		ManagementDrivers: map[string]power.ManagementDriver{
-			"fake": {New: power.NewNoopManagement},
-			"noop": {New: power.NewNoopManagement},
+			"fake":     {New: power.NewNoopManagement},
+			"noop":     {New: power.NewNoopManagement},
+			"ipmitool": ipmiDrv.ManagementDriver(),
 		},
 	}
 }
@@ -101,17 +144,53 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Service, e
 		}
 		booter = boot.booter
 	}
+	suites, _ := cfg.IPMICipherSuiteList() // checked by Validate
+	drivers := DriverTable(log.With("component", "ipmi"), ipmi.Options{CipherSuites: suites})
 	automated := cfg.AutomatedClean
-	eng := engine.New(db, Drivers{DriverTable()}, log.With("component", "engine"), engine.Options{
-		Conductor:         cfg.ConductorName,
-		AutomatedClean:    &automated,
-		PowerStateTimeout: cfg.PowerStateTimeout,
-		ShutdownTimeout:   cfg.ShutdownTimeout,
-		Booter:            booter,
+	powerSync := cfg.PowerSyncInterval
+	if powerSync == 0 {
+		powerSync = -1 // disabled
+	}
+	imageBase := cfg.PublicURL
+	if imageBase == "" {
+		imageBase = "http://" + apiLn.Addr().String()
+	}
+	images, err := imagecache.New(imagecache.Options{Dir: cfg.ImageCacheDir, MaxBytes: cfg.ImageCacheSize,
+		BaseURL: imageBase, Download: Download(log.With("component", "imagecache")), Log: log.With("component", "imagecache")})
+	if err != nil {
+		apiLn.Close()
+		db.Close()
+		if boot != nil {
+			boot.close()
+		}
+		return nil, err
+	}
+	agents := Agent{agentclient.New(agentclient.Options{Timeout: cfg.AgentCommandTimeout, Log: log.With("component", "agentclient")})}
+	eng := engine.New(db, Drivers{drivers}, log.With("component", "engine"), engine.Options{
+		Conductor:                  cfg.ConductorName,
+		AutomatedClean:             &automated,
+		PowerStateTimeout:          cfg.PowerStateTimeout,
+		ShutdownTimeout:            cfg.ShutdownTimeout,
+		Agent:                      agents,
+		HeartbeatTimeout:           cfg.HeartbeatTimeout,
+		DeployCallbackTimeout:      cfg.DeployCallbackTimeout,
+		CleanCallbackTimeout:       cfg.CleanCallbackTimeout,
+		CheckInterval:              cfg.CheckInterval,
+		PowerSyncInterval:          powerSync,
+		PostDeployPowerOffRetries:  cfg.PostDeployPowerOffRetries,
+		PostDeployPowerOffInterval: cfg.PostDeployPowerOffInterval,
+		CleanStepPriorities: map[string]int{"erase_devices": cfg.EraseDevicesPriority,
+			"erase_devices_metadata": cfg.EraseDevicesMetadataPriority},
+		MD5Allowed:          cfg.MD5Allowed,
+		Images:              images,
+		ImageDownloadSource: cfg.ImageDownloadSource,
+		Booter:              booter,
 	})
 	api := httpapi.New(eng, db, log.With("component", "api"), httpapi.Options{
 		PublicURL: cfg.PublicURL,
 		MaxLimit:  cfg.MaxLimit,
+		Agent:     httpapi.AgentConfig{HeartbeatTimeout: int(cfg.HeartbeatTimeout.Seconds()), MD5Allowed: cfg.MD5Allowed},
+		Images:    images.Handler(),
 	})
 	return &Service{cfg: cfg, log: log, db: db, eng: eng, api: api, apiLn: apiLn, boot: boot}, nil
 }

@@ -1,11 +1,17 @@
 package service_test
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"io"
 	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -17,7 +23,9 @@ import (
 	"github.com/gophercloud/gophercloud/v2/pagination"
 
 	"github.com/ingot-dev/ingot/conductor/config"
+	"github.com/ingot-dev/ingot/conductor/imagecache"
 	"github.com/ingot-dev/ingot/conductor/service"
+	"github.com/ingot-dev/ingot/shared/api"
 )
 
 // startConductor runs a whole conductor in-process on a free port with an
@@ -227,5 +235,30 @@ func TestConfigErrorsBeforeBinding(t *testing.T) {
 	_, err = service.New(t.Context(), cfg, slog.New(slog.DiscardHandler))
 	if err == nil || !errors.Is(err, err) {
 		t.Fatal("an invalid port was accepted")
+	}
+}
+
+// TestImageCacheDownloadsThroughTheStreamer: an http(s) image goes through
+// the shared streamer into the cache, verified, and is served back.
+func TestImageCacheDownloadsThroughTheStreamer(t *testing.T) {
+	img := bytes.Repeat([]byte("ingot image "), 100_000)
+	src := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.ServeContent(w, r, "disk.raw", time.Time{}, bytes.NewReader(img))
+	}))
+	defer src.Close()
+	sum := sha256.Sum256(img)
+	digest := hex.EncodeToString(sum[:])
+	cache, err := imagecache.New(imagecache.Options{Dir: t.TempDir(), MaxBytes: 1 << 30, BaseURL: "http://c",
+		Download: service.Download(slog.New(slog.DiscardHandler))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := cache.Prepare(t.Context(), src.URL+"/disk.raw", api.ImageInfo{ID: "disk.raw", OSHashAlgo: "sha256", OSHashValue: digest})
+	if err != nil || info.OSHashValue != digest {
+		t.Fatalf("%+v %v", info, err)
+	}
+	_, err = cache.Prepare(t.Context(), src.URL+"/disk.raw", api.ImageInfo{ID: "disk.raw", OSHashAlgo: "sha512", OSHashValue: strings.Repeat("0", 128)})
+	if err == nil || !strings.Contains(err.Error(), "checksum") {
+		t.Errorf("a wrong sha512 was accepted: %v", err)
 	}
 }

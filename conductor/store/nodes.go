@@ -205,7 +205,7 @@ func (d *DB) GetNode(ctx context.Context, ident string) (*node.Node, error) {
 		col = "uuid"
 		ident = strings.ToLower(ident)
 	}
-	rows, err := d.query(ctx, "SELECT "+nodeColumns+" FROM nodes WHERE "+col+" = ?", ident)
+	rows, err := d.queryPrepared(ctx, "SELECT "+nodeColumns+" FROM nodes WHERE "+col+" = ?", ident)
 	if err != nil {
 		return nil, fmt.Errorf("get node %s: %w", ident, err)
 	}
@@ -323,23 +323,7 @@ func (d *DB) ListNodes(ctx context.Context, q NodeQuery) ([]*node.Node, error) {
 	if q.Limit > 0 {
 		stmt += fmt.Sprintf(" LIMIT %d", q.Limit)
 	}
-	rows, err := d.query(ctx, stmt, args...)
-	if err != nil {
-		return nil, fmt.Errorf("list nodes: %w", err)
-	}
-	defer rows.Close()
-	var out []*node.Node
-	for rows.Next() {
-		n, err := scanNode(rows)
-		if err != nil {
-			return nil, fmt.Errorf("list nodes: %w", err)
-		}
-		out = append(out, n)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("list nodes: %w", err)
-	}
-	return out, nil
+	return collect(ctx, d, "list nodes", stmt, args, scanNode)
 }
 
 func sortSpec(key, dir string, allowed []string) (string, string, error) {
@@ -420,7 +404,7 @@ func (d *DB) UpdateNode(ctx context.Context, n *node.Node) error {
 		set[i] = c + " = ?"
 	}
 	args = append(args, n.UUID, prev)
-	res, err := d.exec(ctx, "UPDATE nodes SET "+strings.Join(set, ", ")+" WHERE uuid = ? AND version = ?", args...)
+	res, err := d.execPrepared(ctx, "UPDATE nodes SET "+strings.Join(set, ", ")+" WHERE uuid = ? AND version = ?", args...)
 	if err == nil {
 		var cnt int64
 		if cnt, err = res.RowsAffected(); err == nil && cnt == 0 {
@@ -496,27 +480,15 @@ func (d *DB) NodesInStates(ctx context.Context, states ...node.State) ([]*node.N
 	for i, s := range states {
 		args[i] = string(s)
 	}
-	rows, err := d.query(ctx, "SELECT "+nodeColumns+" FROM nodes WHERE provision_state IN ("+placeholders(len(states))+") ORDER BY id", args...)
-	if err != nil {
-		return nil, fmt.Errorf("list nodes by state: %w", err)
-	}
-	defer rows.Close()
-	var out []*node.Node
-	for rows.Next() {
-		n, err := scanNode(rows)
-		if err != nil {
-			return nil, fmt.Errorf("list nodes by state: %w", err)
-		}
-		out = append(out, n)
-	}
-	return out, rows.Err()
+	return collect(ctx, d, "list nodes by state",
+		"SELECT "+nodeColumns+" FROM nodes WHERE provision_state IN ("+placeholders(len(states))+") ORDER BY id", args, scanNode)
 }
 
 // SetReservation sets (holder != "") or clears the node's reservation if
 // its version is still n.Version. Reservations are bookkeeping, not
 // changes an operator made, so updated_at stays as it is.
 func (d *DB) SetReservation(ctx context.Context, n *node.Node, holder string) error {
-	res, err := d.exec(ctx, "UPDATE nodes SET reservation = ?, version = version + 1 WHERE uuid = ? AND version = ?",
+	res, err := d.execPrepared(ctx, "UPDATE nodes SET reservation = ?, version = version + 1 WHERE uuid = ? AND version = ?",
 		nullStr(holder), n.UUID, n.Version)
 	if err != nil {
 		return fmt.Errorf("reserve node %s: %w", n.UUID, err)
@@ -526,5 +498,27 @@ func (d *DB) SetReservation(ctx context.Context, n *node.Node, holder string) er
 	}
 	n.Version++
 	n.Reservation = holder
+	return nil
+}
+
+// UpdateNodeInternal writes only n's driver_internal_info and
+// provision_updated_at, if its version is unchanged: the cheap write of a
+// heartbeat that records an agent's progress.
+func (d *DB) UpdateNodeInternal(ctx context.Context, n *node.Node) error {
+	dii, err := encMap(n.DriverInternalInfo)
+	if err != nil {
+		return err
+	}
+	now := d.now()
+	res, err := d.execPrepared(ctx, "UPDATE nodes SET driver_internal_info = ?, provision_updated_at = ?, updated_at = ?, version = version + 1 WHERE uuid = ? AND version = ?",
+		dii, fmtTime(n.ProvisionUpdatedAt), fmtTime(now), n.UUID, n.Version)
+	if err != nil {
+		return fmt.Errorf("update node %s: %w", n.UUID, err)
+	}
+	if cnt, _ := res.RowsAffected(); cnt == 0 {
+		return d.missingOrConflict(ctx, "nodes", "Node", n.UUID)
+	}
+	n.Version++
+	n.UpdatedAt = now
 	return nil
 }

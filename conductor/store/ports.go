@@ -168,20 +168,7 @@ func (d *DB) ListPorts(ctx context.Context, q PortQuery) ([]*node.Port, error) {
 	if q.Limit > 0 {
 		stmt += fmt.Sprintf(" LIMIT %d", q.Limit)
 	}
-	rows, err := d.query(ctx, stmt, args...)
-	if err != nil {
-		return nil, fmt.Errorf("list ports: %w", err)
-	}
-	defer rows.Close()
-	var out []*node.Port
-	for rows.Next() {
-		p, err := scanPort(rows)
-		if err != nil {
-			return nil, fmt.Errorf("list ports: %w", err)
-		}
-		out = append(out, p)
-	}
-	return out, rows.Err()
+	return collect(ctx, d, "list ports", stmt, args, scanPort)
 }
 
 // UpdatePort writes p if its version is unchanged, then bumps it.
@@ -310,4 +297,25 @@ func (d *DB) KeepAlive(ctx context.Context, c node.Conductor, every time.Duratio
 			}
 		}
 	}
+}
+
+// NodeByMACs returns the node one of whose ports has one of the MAC
+// addresses, as Ironic's lookup does.
+func (d *DB) NodeByMACs(ctx context.Context, macs []string) (*node.Node, error) {
+	if len(macs) == 0 {
+		return nil, notFound("Node", "with no MAC address")
+	}
+	args := make([]any, len(macs))
+	for i, m := range macs {
+		args[i] = strings.ToLower(m)
+	}
+	var uuid string
+	err := d.sql.QueryRowContext(ctx, d.rebind("SELECT node_uuid FROM ports WHERE address IN ("+placeholders(len(macs))+") ORDER BY id LIMIT 1"), args...).Scan(&uuid)
+	if isNoRows(err) {
+		return nil, notFound("Node", "with addresses "+strings.Join(macs, ","))
+	}
+	if err != nil {
+		return nil, fmt.Errorf("look up node by MAC: %w", err)
+	}
+	return d.GetNode(ctx, uuid)
 }

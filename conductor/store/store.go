@@ -19,6 +19,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/pressly/goose/v3"
@@ -46,6 +47,9 @@ type DB struct {
 	sql     *sql.DB
 	dialect Dialect
 	now     func() time.Time
+
+	stmtMu sync.Mutex
+	stmts  map[string]*sql.Stmt // prepared statements of the fixed hot queries
 }
 
 // Options tune Open. The zero value is ready to use.
@@ -116,7 +120,7 @@ func Open(ctx context.Context, url string, opts Options) (*DB, error) {
 		sdb.Close()
 		return nil, fmt.Errorf("connect to database: %w", err)
 	}
-	d := &DB{sql: sdb, dialect: dialect, now: opts.Now}
+	d := &DB{sql: sdb, dialect: dialect, now: opts.Now, stmts: map[string]*sql.Stmt{}}
 	if d.now == nil {
 		d.now = time.Now
 	}
@@ -147,10 +151,74 @@ func (d *DB) migrate(ctx context.Context) error {
 }
 
 // Close closes the database.
-func (d *DB) Close() error { return d.sql.Close() }
+func (d *DB) Close() error {
+	d.stmtMu.Lock()
+	for _, st := range d.stmts {
+		st.Close()
+	}
+	d.stmts = map[string]*sql.Stmt{}
+	d.stmtMu.Unlock()
+	return d.sql.Close()
+}
+
+// prepared returns a prepared statement for a fixed query (written with
+// ?-placeholders), preparing it once. SQLite parses a statement on every
+// unprepared call, which dominated the heartbeat path.
+func (d *DB) prepared(ctx context.Context, q string) (*sql.Stmt, error) {
+	d.stmtMu.Lock()
+	defer d.stmtMu.Unlock()
+	if st, ok := d.stmts[q]; ok {
+		return st, nil
+	}
+	st, err := d.sql.PrepareContext(ctx, d.rebind(q))
+	if err != nil {
+		return nil, err
+	}
+	d.stmts[q] = st
+	return st, nil
+}
+
+// execPrepared runs a fixed statement through the statement cache.
+func (d *DB) execPrepared(ctx context.Context, q string, args ...any) (sql.Result, error) {
+	st, err := d.prepared(ctx, q)
+	if err != nil {
+		return nil, err
+	}
+	return st.ExecContext(ctx, args...)
+}
+
+// queryPrepared runs a fixed query through the statement cache.
+func (d *DB) queryPrepared(ctx context.Context, q string, args ...any) (*sql.Rows, error) {
+	st, err := d.prepared(ctx, q)
+	if err != nil {
+		return nil, err
+	}
+	return st.QueryContext(ctx, args...)
+}
 
 // Dialect reports the database flavour.
 func (d *DB) Dialect() Dialect { return d.dialect }
+
+// collect runs a query and scans every row with scan.
+func collect[T any](ctx context.Context, d *DB, what, q string, args []any, scan func(scanner) (T, error)) ([]T, error) {
+	rows, err := d.query(ctx, q, args...)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	defer rows.Close()
+	var out []T
+	for rows.Next() {
+		v, err := scan(rows)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", what, err)
+		}
+		out = append(out, v)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	return out, nil
+}
 
 // rebind turns ?-placeholders into $n for PostgreSQL.
 func (d *DB) rebind(q string) string {

@@ -1,0 +1,193 @@
+package extension
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+
+	"github.com/ingot-dev/ingot/agent/blockdev"
+	"github.com/ingot-dev/ingot/agent/cmdapi"
+	"github.com/ingot-dev/ingot/shared/api"
+	"github.com/ingot-dev/ingot/shared/imagestream"
+)
+
+// written describes a finished image write.
+type written struct {
+	Device   string  `json:"device"`
+	Bytes    int64   `json:"bytes"`
+	Format   string  `json:"format"`
+	Algo     string  `json:"checksum_algo"`
+	Digest   string  `json:"checksum"`
+	Resumes  int     `json:"resumes"`
+	Seconds  float64 `json:"seconds"`
+	RootUUID string  `json:"root_uuid"`
+}
+
+// maxChangedRestarts bounds how often a write restarts because the image
+// changed on the server mid-download.
+const maxChangedRestarts = 2
+
+// writeImage streams a whole-disk image onto the disk the hints select
+// and records its partition UUIDs.
+func (x *Extensions) writeImage(ctx context.Context, info api.ImageInfo, configdrive any, node map[string]any, progress func(api.Progress)) (written, error) {
+	var w written
+	if info.ImageType == "partition" {
+		return w, cmdErr("InvalidCommandParamsError", "Invalid command parameters",
+			errors.New("partition images are not supported: use a whole-disk image"))
+	}
+	if configdrive != nil && configdrive != "" {
+		return w, cmdErr("InvalidCommandParamsError", "Invalid command parameters",
+			errors.New("config drives are not supported yet: deploy without configdrive"))
+	}
+	if err := info.Validate(x.opts.MD5Allowed()); err != nil {
+		return w, cmdErr("InvalidCommandParamsError", "Invalid command parameters", err)
+	}
+	disk, err := x.rootDisk(ctx, info.RootDevice, node)
+	if err != nil {
+		return w, err
+	}
+	dev, err := x.opts.Open(disk.Name)
+	if err != nil {
+		return w, cmdErr("ImageWriteError", "Error writing image to device", err)
+	}
+	defer dev.Close()
+	log := x.opts.Log.With("image", info.ID, "disk", disk.Name)
+	opts := x.opts.ImageOptions
+	opts.Capacity = dev.Size()
+	opts.MD5Allowed = x.opts.MD5Allowed()
+	opts.Progress = progress
+	opts.Log = log
+	// The disk the image lands on is forgotten until the write succeeds.
+	x.mu.Lock()
+	x.written, x.uuids = "", map[string]any{}
+	x.mu.Unlock()
+
+	var res imagestream.Result
+	for attempt := 0; ; attempt++ {
+		res, err = x.opts.WriteImage(ctx, info, dev, opts)
+		if err == nil || !errors.Is(err, imagestream.ErrChanged) || attempt >= maxChangedRestarts {
+			break
+		}
+		log.Warn("image changed on the server; starting over", "err", err)
+	}
+	if err != nil {
+		return w, imageError(err)
+	}
+	if err := dev.RereadPartitions(); err != nil {
+		log.Warn("could not re-read the partition table", "err", err)
+	}
+	table, err := blockdev.ReadTable(dev, dev.Size())
+	if err != nil {
+		return w, cmdErr("ImageWriteError", "Error reading the partition table after writing", err)
+	}
+	uuids := partitionUUIDs(table)
+	x.mu.Lock()
+	x.written, x.uuids = disk.Name, uuids
+	x.mu.Unlock()
+	log.Info("image written", "bytes", res.Written, "format", res.Format, "checksum", res.Algo+":"+res.Digest,
+		"resumes", res.Resumes, "duration", res.Duration, "root_uuid", table.DiskID)
+	return written{Device: disk.Name, Bytes: res.Written, Format: res.Format, Algo: res.Algo, Digest: res.Digest,
+		Resumes: res.Resumes, Seconds: res.Duration.Seconds(), RootUUID: table.DiskID}, nil
+}
+
+// partitionUUIDs is get_partition_uuids' answer for a whole-disk image:
+// the MBR disk identifier as "root uuid" (what IPA reports), the ESP's
+// PARTUUID when there is one, and every GPT partition's PARTUUID.
+func partitionUUIDs(t blockdev.Table) map[string]any {
+	u := map[string]any{}
+	if t.DiskID != "" {
+		u["root uuid"] = t.DiskID
+	}
+	if esp, ok := t.ESP(); ok && esp.UUID != "" {
+		u["efi system partition uuid"] = esp.UUID
+	}
+	if len(t.Partitions) > 0 {
+		parts := map[string]string{}
+		for _, p := range t.Partitions {
+			parts[strconv.Itoa(p.Number)] = p.UUID
+		}
+		u["partitions"] = parts
+	}
+	return u
+}
+
+// imageError maps streaming errors to IPA's error types.
+func imageError(err error) error {
+	var se *imagestream.StatusError
+	switch {
+	case errors.Is(err, imagestream.ErrChecksum):
+		return cmdErr("ImageChecksumError", "Error verifying image checksum", err)
+	case errors.Is(err, imagestream.ErrTooLarge):
+		return cmdErr("ImageWriteError", "Error writing image to device", err)
+	case errors.Is(err, imagestream.ErrUnsupportedFormat):
+		return cmdErr("InvalidImage", "Image is not supported", err)
+	case errors.Is(err, imagestream.ErrNoChecksum):
+		return cmdErr("InvalidCommandParamsError", "Invalid command parameters", err)
+	case errors.As(err, &se):
+		return cmdErr("ImageDownloadError", "Error downloading image", err)
+	case errors.Is(err, context.Canceled):
+		return cmdErr("CommandExecutionError", "Command execution failed", err)
+	}
+	return cmdErr("ImageDownloadError", "Error downloading image", err)
+}
+
+// prepareImage is standby.prepare_image (and the legacy cache_image):
+// write the image, answer IPA's sentence.
+func (x *Extensions) prepareImage(ctx context.Context, p cmdapi.Params, progress func(api.Progress)) (any, error) {
+	var info api.ImageInfo
+	if err := decode(p, "image_info", &info); err != nil {
+		return nil, cmdErr("InvalidCommandParamsError", "Invalid command parameters", err)
+	}
+	var configdrive any
+	if err := optional(p, "configdrive", &configdrive); err != nil {
+		return nil, cmdErr("InvalidCommandParamsError", "Invalid command parameters", err)
+	}
+	w, err := x.writeImage(ctx, info, configdrive, nil, progress)
+	if err != nil {
+		return nil, err
+	}
+	return fmt.Sprintf("image (%s) written to device %s root_uuid=%s", info.ID, w.Device, w.RootUUID), nil
+}
+
+func (x *Extensions) getPartitionUUIDs(ctx context.Context, p cmdapi.Params, _ func(api.Progress)) (any, error) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	out := make(map[string]any, len(x.uuids))
+	for k, v := range x.uuids {
+		out[k] = v
+	}
+	return out, nil
+}
+
+func (x *Extensions) sync(ctx context.Context, p cmdapi.Params, _ func(api.Progress)) (any, error) {
+	x.opts.SyncFS()
+	return nil, nil
+}
+
+// ErrNoPower means the agent has no way to switch the machine off.
+var ErrNoPower = errors.New("power control is not available")
+
+func (x *Extensions) powerOff(ctx context.Context, p cmdapi.Params, _ func(api.Progress)) (any, error) {
+	if x.opts.Power == nil {
+		return nil, cmdErr("CommandExecutionError", "Command execution failed", ErrNoPower)
+	}
+	x.opts.SyncFS()
+	x.opts.Log.Info("powering off")
+	if err := x.opts.Power.PowerOff(ctx); err != nil {
+		return nil, cmdErr("CommandExecutionError", "Command execution failed", fmt.Errorf("power off: %w", err))
+	}
+	return "powering off", nil
+}
+
+func (x *Extensions) runImage(ctx context.Context, p cmdapi.Params, _ func(api.Progress)) (any, error) {
+	if x.opts.Power == nil {
+		return nil, cmdErr("CommandExecutionError", "Command execution failed", ErrNoPower)
+	}
+	x.opts.SyncFS()
+	x.opts.Log.Info("rebooting into the instance")
+	if err := x.opts.Power.Reboot(ctx); err != nil {
+		return nil, cmdErr("CommandExecutionError", "Command execution failed", fmt.Errorf("reboot: %w", err))
+	}
+	return "rebooting", nil
+}
