@@ -28,6 +28,7 @@ import (
 	"github.com/ingot-dev/ingot/agent"
 	"github.com/ingot-dev/ingot/agent/extension"
 	"github.com/ingot-dev/ingot/agent/inspect"
+	"github.com/ingot-dev/ingot/agent/netsetup"
 	"github.com/ingot-dev/ingot/shared/bootparam"
 	"github.com/ingot-dev/ingot/shared/buildinfo"
 	"github.com/ingot-dev/ingot/shared/imagestream"
@@ -49,6 +50,7 @@ type settings struct {
 	forced    time.Duration
 	retry     time.Duration
 	logFormat string
+	network   string // auto, dhcp or none
 }
 
 // parseArgs reads the kernel command line named by --cmdline and lets the
@@ -79,6 +81,7 @@ func parseArgs(args []string, stderr io.Writer) (settings, error) {
 		forced     = fs.Duration("min-forced-heartbeat", 0, "least time between a heartbeat and a forced one (5s)")
 		retryPause = fs.Duration("retry-pause", 0, "wait before starting over after a failed lookup (30s)")
 		logFormat  = fs.String("log-format", "text", "log format: text or json")
+		network    = fs.String("network", "auto", "bring the boot NIC up by DHCP: dhcp, none, or auto (dhcp inside a ramdisk)")
 	)
 	if err := fs.Parse(args); err != nil {
 		return settings{}, err
@@ -89,8 +92,13 @@ func parseArgs(args []string, stderr io.Writer) (settings, error) {
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 
+	switch *network {
+	case "auto", "dhcp", "none":
+	default:
+		return settings{}, fmt.Errorf("--network %q: want auto, dhcp or none", *network)
+	}
 	st := settings{nodeUUID: *nodeUUID, hostDisks: *hostDisks, power: *power, efivars: *efivars,
-		forced: *forced, retry: *retryPause, logFormat: *logFormat}
+		forced: *forced, retry: *retryPause, logFormat: *logFormat, network: *network}
 	if *cmdline != "" {
 		b, err := os.ReadFile(*cmdline)
 		if err != nil {
@@ -207,7 +215,11 @@ func run(args []string, stderr io.Writer) int {
 		AgentToken: p.AgentToken, HTTPRequestTimeout: p.HTTPRequestTimeout, IronicAPIVersion: p.IronicAPIVersion,
 		GlobalRequestID: p.GlobalRequestID, TLS: p.TLS, MinForcedHeartbeat: st.forced, RetryPause: st.retry,
 	}
-	err = agent.Run(ctx, cfg, agent.Deps{NICs: ins, Extension: ext, Log: log})
+	deps := agent.Deps{NICs: ins, Extension: ext, Log: log}
+	if st.network == "dhcp" || (st.network == "auto" && agent.InRamdisk()) {
+		deps.Network = &netsetup.DHCP{Log: log.With("phase", "network")}
+	}
+	err = agent.Run(ctx, cfg, deps)
 	switch {
 	case errors.Is(err, agent.ErrPoweredOff), errors.Is(err, agent.ErrRebooted):
 		log.Info("agent stopped", "reason", err)
