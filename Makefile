@@ -62,9 +62,24 @@ fuzz: ## run every fuzz target for FUZZTIME each
 docs: ## regenerate docs generated from code (state diagram)
 	$(GO) test ./conductor/provision -run TestDiagrams -update
 
+# The deploy ramdisk's kernel: Debian's KERNEL_FLAVOR kernel (cloud-amd64
+# boots fastest in VMs; amd64 has every driver, for physical servers), or
+# your own: make initramfs KERNEL=/boot/vmlinuz-$$(uname -r)
+KERNEL_FLAVOR ?= cloud-amd64
+KERNEL ?=
+MODULE_LISTS ?= initramfs/modules.txt
+
 .PHONY: kernel
-kernel: ## fetch Debian's cloud kernel into build/kernel (VM boot tests fetch it themselves too)
-	scripts/fetch-kernel.sh build/kernel
+kernel: ## fetch Debian's KERNEL_FLAVOR kernel into build/kernel (VM boot tests fetch it themselves too)
+	scripts/fetch-kernel.sh build/kernel $(KERNEL_FLAVOR)
+
+.PHONY: initramfs
+initramfs: ## build the agent's ramdisk: build/initramfs.cpio.gz and build/vmlinuz (see initramfs/modules.txt)
+	@set -eo pipefail; kernel="$(KERNEL)"; \
+	if [ -z "$$kernel" ]; then kernel=$$(scripts/fetch-kernel.sh build/kernel $(KERNEL_FLAVOR)); fi; \
+	$(GO) run ./initramfs/cmd/mkinitramfs -kernel "$$kernel" -modules $(MODULE_LISTS) -o build/initramfs.cpio.gz; \
+	cp "$$kernel" build/vmlinuz.tmp && mv build/vmlinuz.tmp build/vmlinuz; \
+	echo "build/vmlinuz: $$kernel"
 
 .PHONY: deps
 deps: ## install the Debian packages the tests need (root)

@@ -61,3 +61,27 @@ func InRamdisk() bool {
 	}
 	return st.Type == unix.RAMFS_MAGIC || st.Type == unix.TMPFS_MAGIC
 }
+
+// efivarfsMagic is EFIVARFS_MAGIC from linux/magic.h.
+const efivarfsMagic = 0xde5e81e4
+
+// MountEFIVars mounts efivarfs on dir when the machine booted by UEFI and
+// nothing is mounted there yet. In the ramdisk efivarfs is a module that
+// u-root's init loads only after it mounted the pseudo file systems, so
+// its own attempt failed. It returns whether efivarfs is available.
+func MountEFIVars(dir string) (bool, error) {
+	if _, err := os.Stat("/sys/firmware/efi"); err != nil {
+		return false, nil // BIOS boot: no variables to write
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err == nil && uint32(st.Type) == efivarfsMagic {
+		return true, nil
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return false, err
+	}
+	if err := unix.Mount("efivarfs", dir, "efivarfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+		return false, fmt.Errorf("mount efivarfs on %s: %w", dir, err)
+	}
+	return true, nil
+}

@@ -24,3 +24,6 @@ func Dmesg() ([]byte, error) { return nil, errors.ErrUnsupported }
 
 // InRamdisk is false here.
 func InRamdisk() bool { return false }
+
+// MountEFIVars does nothing here.
+func MountEFIVars(string) (bool, error) { return false, nil }

@@ -1,25 +1,47 @@
 #!/usr/bin/env bash
-# Fetch Debian's cloud kernel (linux-image-cloud-amd64's current image
-# package) into a cache directory without installing it: apt-get download
-# plus dpkg-deb -x, so /boot and the host's initramfs are left alone.
-# Prints the path of the vmlinuz; a second run reuses the cache.
+# Find Debian's kernel for the deploy ramdisk and print its vmlinuz path.
+# The modules are in <root>/lib/modules/<release>, where the vmlinuz is
+# <root>/boot/vmlinuz-<release>.
 #
-# Usage: scripts/fetch-kernel.sh [CACHE_DIR]    (default: build/kernel)
-# The kernel's modules land under CACHE_DIR/<version>/lib/modules.
+# When the kernel package is installed on this machine, its files are used
+# where they are (/boot, /lib/modules). Otherwise the package is fetched
+# from the Debian mirror apt is configured with (apt-get download) and
+# unpacked with dpkg-deb -x into CACHE_DIR/<release>: nothing is
+# installed, /boot and the host's initramfs are left alone. A second run
+# reuses the cache.
+#
+# Usage: scripts/fetch-kernel.sh [CACHE_DIR] [FLAVOR]
+#   CACHE_DIR  default build/kernel
+#   FLAVOR     cloud-amd64 (default: virtio, NVMe, LZ4-compressed, boots
+#              fastest under QEMU) or amd64 (every driver, for physical
+#              servers: add initramfs/modules-server.txt to the ramdisk)
 set -euo pipefail
 cache=${1:-build/kernel}
-mkdir -p "$cache"
-cache=$(cd "$cache" && pwd)
+flavor=${2:-cloud-amd64}
+case $flavor in
+  cloud-amd64|amd64|rt-amd64) ;;
+  *) echo "fetch-kernel: unknown flavor $flavor (want cloud-amd64 or amd64)" >&2; exit 2 ;;
+esac
 
-pkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-/{print $2; exit}')
+meta=linux-image-$flavor
+pkg=$(apt-cache depends "$meta" 2>/dev/null | awk '/Depends: linux-image-/{print $2; exit}')
 if [ -z "$pkg" ]; then
-  echo "fetch-kernel: apt knows no linux-image-cloud-amd64; run apt-get update" >&2
+  echo "fetch-kernel: apt knows no $meta; run apt-get update" >&2
   exit 1
 fi
-version=${pkg#linux-image-}
-dir="$cache/$version"
-vmlinuz="$dir/boot/vmlinuz-$version"
-if [ -s "$vmlinuz" ]; then
+release=${pkg#linux-image-}
+
+if [ "$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null)" = "install ok installed" ] &&
+   [ -s "/boot/vmlinuz-$release" ] && [ -d "/lib/modules/$release/kernel" ]; then
+  echo "/boot/vmlinuz-$release"
+  exit 0
+fi
+
+mkdir -p "$cache"
+cache=$(cd "$cache" && pwd)
+dir="$cache/$release"
+vmlinuz="$dir/boot/vmlinuz-$release"
+if [ -s "$vmlinuz" ] && [ -d "$dir/lib/modules/$release/kernel" ]; then
   echo "$vmlinuz"
   exit 0
 fi

@@ -12,6 +12,7 @@ import (
 
 	"github.com/insomniacslk/dhcp/dhcpv4/nclient4"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // DHCP brings links up and configures them from a DHCP lease.
@@ -137,8 +138,10 @@ func waitCarrier(ctx context.Context, name string, wait time.Duration) error {
 			return fmt.Errorf("link: %w", err)
 		}
 		a := l.Attrs()
-		// Virtual test links (veth) report "unknown" oper state but carry traffic.
-		if a.OperState == netlink.OperUp || (a.OperState == netlink.OperUnknown && a.Flags&net.FlagUp != 0) {
+		// IFF_LOWER_UP is the driver's carrier, reported at once; the
+		// operational state follows it only after the kernel's linkwatch
+		// delay (up to a second), which would be time lost at every boot.
+		if a.RawFlags&unix.IFF_LOWER_UP != 0 || a.OperState == netlink.OperUp {
 			return nil
 		}
 		if time.Now().After(deadline) {

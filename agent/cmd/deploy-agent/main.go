@@ -26,6 +26,7 @@ import (
 	"time"
 
 	"github.com/ingot-dev/ingot/agent"
+	"github.com/ingot-dev/ingot/agent/efiboot"
 	"github.com/ingot-dev/ingot/agent/extension"
 	"github.com/ingot-dev/ingot/agent/inspect"
 	"github.com/ingot-dev/ingot/agent/netsetup"
@@ -216,6 +217,13 @@ func run(args []string, stderr io.Writer) int {
 		GlobalRequestID: p.GlobalRequestID, TLS: p.TLS, MinForcedHeartbeat: st.forced, RetryPause: st.retry,
 	}
 	deps := agent.Deps{NICs: ins, Extension: ext, Log: log}
+	if agent.InRamdisk() && st.efivars == "" {
+		if ok, err := agent.MountEFIVars(efiboot.DefaultDir); err != nil {
+			log.Warn("UEFI variables unavailable: install_bootloader cannot add boot entries", "err", err)
+		} else if ok {
+			log.Info("UEFI variables mounted", "dir", efiboot.DefaultDir)
+		}
+	}
 	if st.network == "dhcp" || (st.network == "auto" && agent.InRamdisk()) {
 		deps.Network = &netsetup.DHCP{Log: log.With("phase", "network")}
 	}
