@@ -30,7 +30,9 @@ const (
 )
 
 // MakeLoginStatus joins a class and detail.
-func MakeLoginStatus(class, detail uint8) LoginStatus { return LoginStatus(class)<<8 | LoginStatus(detail) }
+func MakeLoginStatus(class, detail uint8) LoginStatus {
+	return LoginStatus(class)<<8 | LoginStatus(detail)
+}
 
 // Class is the status class (0 success, 1 redirection, 2 initiator error,
 // 3 target error).

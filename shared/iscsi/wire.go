@@ -12,10 +12,10 @@ import (
 // Framing errors. A receiver treats each as a protocol error that ends the
 // connection (ERL 0 has no way to resynchronise the byte stream).
 var (
-	ErrDataTooLong    = errors.New("data segment longer than MaxRecvDataSegmentLength")
-	ErrHeaderDigest   = errors.New("header digest mismatch")
-	ErrDataDigest     = errors.New("data digest mismatch")
-	ErrDataLength     = errors.New("data buffer does not match the data segment length")
+	ErrDataTooLong     = errors.New("data segment longer than MaxRecvDataSegmentLength")
+	ErrHeaderDigest    = errors.New("header digest mismatch")
+	ErrDataDigest      = errors.New("data digest mismatch")
+	ErrDataLength      = errors.New("data buffer does not match the data segment length")
 	ErrNoHeaderPending = errors.New("no header read before data")
 )
 
