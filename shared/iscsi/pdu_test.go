@@ -262,6 +262,9 @@ func TestReaderSplitReads(t *testing.T) {
 	if err := r.Discard(); err != nil {
 		t.Fatal(err)
 	}
+	if err := r.Discard(); err != nil {
+		t.Fatalf("second Discard: %v", err)
+	}
 }
 
 func TestWriterRejectsHugeData(t *testing.T) {

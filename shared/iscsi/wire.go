@@ -143,11 +143,12 @@ func (r *Reader) ReadData(dst []byte) error {
 	return nil
 }
 
-// Discard skips the data segment of the last header (the digest is still
-// checked, so a corrupted stream is noticed).
+// Discard skips whatever is left of the data segment of the last header
+// (the digest is still checked, so a corrupted stream is noticed). After
+// ReadData, or with no header read, it does nothing.
 func (r *Reader) Discard() error {
 	if r.pending < 0 {
-		return ErrNoHeaderPending
+		return nil
 	}
 	n := r.pending
 	r.pending = -1
