@@ -115,17 +115,17 @@ func invalidField(b int, bit int) *iscsi.Sense {
 }
 
 // Sense data the unit returns, built fresh each time (no shared state).
-func senseInvalidOpcode() iscsi.Sense { return iscsi.Sense{Key: iscsi.SenseIllegalRequest, ASC: 0x20} }
-func senseLBAOutOfRange() iscsi.Sense { return iscsi.Sense{Key: iscsi.SenseIllegalRequest, ASC: 0x21} }
+func senseInvalidOpcode() iscsi.Sense  { return iscsi.Sense{Key: iscsi.SenseIllegalRequest, ASC: 0x20} }
+func senseLBAOutOfRange() iscsi.Sense  { return iscsi.Sense{Key: iscsi.SenseIllegalRequest, ASC: 0x21} }
 func senseLUNUnsupported() iscsi.Sense { return iscsi.Sense{Key: iscsi.SenseIllegalRequest, ASC: 0x25} }
 func senseWriteProtected() iscsi.Sense {
 	return iscsi.Sense{Key: iscsi.SenseDataProtect, ASC: 0x27, ASCQ: 0x02}
 }
-func senseWriteError() iscsi.Sense    { return iscsi.Sense{Key: iscsi.SenseMediumError, ASC: 0x0c} }
-func senseReadError() iscsi.Sense     { return iscsi.Sense{Key: iscsi.SenseMediumError, ASC: 0x11} }
-func senseSavingParams() iscsi.Sense  { return iscsi.Sense{Key: iscsi.SenseIllegalRequest, ASC: 0x39} }
-func senseParamInvalid() iscsi.Sense  { return iscsi.Sense{Key: iscsi.SenseIllegalRequest, ASC: 0x26} }
-func senseParamLength() iscsi.Sense   { return iscsi.Sense{Key: iscsi.SenseIllegalRequest, ASC: 0x1a} }
+func senseWriteError() iscsi.Sense   { return iscsi.Sense{Key: iscsi.SenseMediumError, ASC: 0x0c} }
+func senseReadError() iscsi.Sense    { return iscsi.Sense{Key: iscsi.SenseMediumError, ASC: 0x11} }
+func senseSavingParams() iscsi.Sense { return iscsi.Sense{Key: iscsi.SenseIllegalRequest, ASC: 0x39} }
+func senseParamInvalid() iscsi.Sense { return iscsi.Sense{Key: iscsi.SenseIllegalRequest, ASC: 0x26} }
+func senseParamLength() iscsi.Sense  { return iscsi.Sense{Key: iscsi.SenseIllegalRequest, ASC: 0x1a} }
 
 // maxTransferBytes bounds one command's transfer; reported in the Block
 // Limits VPD page.
@@ -515,10 +515,10 @@ func (lu *logicalUnit) inquiry(cdb []byte) result {
 		b := make([]byte, 64)
 		b[1] = 0xb0
 		binary.BigEndian.PutUint16(b[2:], 0x3c)
-		binary.BigEndian.PutUint16(b[6:], 1)                                      // optimal transfer length granularity
-		binary.BigEndian.PutUint32(b[8:], uint32(lu.maxTransferBlocks()))         // maximum transfer length
+		binary.BigEndian.PutUint16(b[6:], 1)                                     // optimal transfer length granularity
+		binary.BigEndian.PutUint32(b[8:], uint32(lu.maxTransferBlocks()))        // maximum transfer length
 		binary.BigEndian.PutUint32(b[12:], uint32((1<<20)/uint64(lu.blockSize))) // optimal transfer length
-		binary.BigEndian.PutUint32(b[16:], uint32(lu.maxTransferBlocks()))        // maximum prefetch length
+		binary.BigEndian.PutUint32(b[16:], uint32(lu.maxTransferBlocks()))       // maximum prefetch length
 		return good(b)
 	case 0xb1:
 		b := make([]byte, 64)
