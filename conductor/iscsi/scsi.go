@@ -35,7 +35,7 @@ func cdbInquiry(evpd bool, page byte, alloc uint16) []byte {
 	return c
 }
 
-func cdbReadCapacity10() []byte { return make([]byte, 10) }
+func cdbReadCapacity10() []byte { return []byte{opReadCapacity10, 0, 0, 0, 0, 0, 0, 0, 0, 0} }
 
 func cdbReadCapacity16(alloc uint32) []byte {
 	c := make([]byte, 16)

@@ -210,7 +210,9 @@ func (s *Session) fail(err error) {
 	}
 }
 
-var errClosed = errors.New("iscsi session closed")
+// errClosed ends sessions closed on purpose; it is an ErrSessionLost so a
+// command racing the close is retried like any other lost session.
+var errClosed = fmt.Errorf("%w: closed", ErrSessionLost)
 
 // broadcast wakes everyone waiting for the window; s.mu is held.
 func (s *Session) broadcast() {
@@ -457,7 +459,10 @@ func (s *Session) LUNReset(ctx context.Context, lun uint16) error {
 
 // Logout ends the session cleanly (reason: close the session) and closes
 // the connection.
-func (s *Session) Logout(ctx context.Context) error {
+func (s *Session) Logout(ctx context.Context) error { return s.logout(ctx, errClosed) }
+
+// logout logs out and ends the session with end.
+func (s *Session) logout(ctx context.Context, end error) error {
 	t := &task{kind: kindLogout, op: 0xfd}
 	s.loggingOut.Store(true)
 	if err := s.submitImmediate(t, &proto.LogoutRequest{Immediate: true, Reason: proto.LogoutCloseSession}, nil); err != nil {
@@ -467,7 +472,7 @@ func (s *Session) Logout(ctx context.Context) error {
 	if err == nil && t.resp != 0 {
 		err = fmt.Errorf("logout: %w: response %d", ErrRejected, t.resp)
 	}
-	s.abort(errClosed)
+	s.abort(end)
 	return err
 }
 
@@ -559,7 +564,7 @@ func (s *Session) reader() {
 			err = s.handle(&h)
 		}
 		if err != nil {
-			if s.loggingOut.Load() {
+			if s.loggingOut.Load() && !errors.Is(err, ErrProtocol) {
 				err = errClosed
 			}
 			if !errors.Is(err, ErrProtocol) && !errors.Is(err, ErrSessionLost) && !errors.Is(err, errClosed) {
@@ -800,10 +805,9 @@ func (s *Session) drainAndLogout(within time.Duration) {
 			return
 		}
 	}
-	if err := s.Logout(ctx); err != nil {
+	if err := s.logout(ctx, fmt.Errorf("%w: logged out at the target's request", ErrSessionLost)); err != nil {
 		s.log.Warn("iscsi logout requested by the target failed", "err", err)
 	}
-	s.fail(fmt.Errorf("%w: logged out at the target's request", ErrSessionLost))
 }
 
 // loginExchange sends one Login Request (with continuation) and returns the

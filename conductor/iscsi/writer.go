@@ -35,8 +35,9 @@ type WriterOptions struct {
 	ChunkSize int
 	// Depth is the number of writes kept in flight (default 8).
 	Depth int
-	// Reconnects is how many times a lost session is logged in again
-	// before the writer fails (default 3; negative disables).
+	// Reconnects is how many times over the writer's life a lost session
+	// is logged in again before the writer fails (default 3; negative
+	// disables). Each re-login resumes from the last acknowledged LBA.
 	Reconnects int
 	// ReconnectDelay is the first pause before logging in again (default
 	// 500 ms, doubling each attempt).
@@ -359,8 +360,9 @@ func (w *Writer) recover(cause error) error {
 	}
 	_ = w.sess.Close()
 	delay := w.opts.ReconnectDelay
-	for attempt := 1; attempt <= w.opts.Reconnects; attempt++ {
+	for w.stats.Reconnects < w.opts.Reconnects {
 		w.stats.Reconnects++
+		attempt := w.stats.Reconnects
 		w.log.Warn("iscsi session lost; logging in again", "err", cause, "attempt", attempt, "resume_lba", resume)
 		select {
 		case <-time.After(delay):
