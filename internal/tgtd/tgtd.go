@@ -64,9 +64,15 @@ func New(tb testing.TB, extra ...string) *Daemon {
 		tb.Fatal(err)
 	}
 	d := &Daemon{dir: dir, tgtd: tgtdPath, tgtadm: tgtadm}
-	// A control port unlikely to collide: tgtd uses it as an abstract
-	// socket name suffix, so any number works; derive it from the pid.
-	d.Control = 1000 + os.Getpid()%50000
+	port, err := freePort()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	// The control port only names tgtd's management socket (tgtd accepts
+	// 0..32767); derive it from the portal's free TCP port, which is unique
+	// among running daemons.
+	d.Control = 1 + port%32767
+	d.Portal = "127.0.0.1:" + strconv.Itoa(port)
 	if err := d.start(extra); err != nil {
 		os.RemoveAll(dir)
 		tb.Fatalf("start tgtd: %v", err)
@@ -87,11 +93,6 @@ func freePort() (int, error) {
 }
 
 func (d *Daemon) start(extra []string) error {
-	port, err := freePort()
-	if err != nil {
-		return err
-	}
-	d.Portal = "127.0.0.1:" + strconv.Itoa(port)
 	d.extra = extra
 	args := append([]string{"-f", "-C", strconv.Itoa(d.Control), "--iscsi", "portal=" + d.Portal}, extra...)
 	cmd := exec.Command(d.tgtd, args...)
@@ -148,12 +149,10 @@ func (d *Daemon) Adm(tb testing.TB, args ...string) string {
 }
 
 // Target configures target tid named iqn, open to every initiator, with
-// one file-backed LUN per size (LUN 1, 2, ...). It returns the backing
-// file paths.
+// one new zero-filled file-backed LUN per size (LUN 1, 2, ...). It returns
+// the backing file paths.
 func (d *Daemon) Target(tb testing.TB, tid int, iqn string, sizes ...int64) []string {
 	tb.Helper()
-	t := strconv.Itoa(tid)
-	d.Adm(tb, "--lld", "iscsi", "--op", "new", "--mode", "target", "--tid", t, "-T", iqn)
 	var files []string
 	for i, size := range sizes {
 		f := filepath.Join(d.dir, fmt.Sprintf("t%d-lun%d.img", tid, i+1))
@@ -163,11 +162,22 @@ func (d *Daemon) Target(tb testing.TB, tid int, iqn string, sizes ...int64) []st
 		if err := os.Truncate(f, size); err != nil {
 			tb.Fatal(err)
 		}
-		d.Adm(tb, "--lld", "iscsi", "--op", "new", "--mode", "logicalunit", "--tid", t, "--lun", strconv.Itoa(i+1), "-b", f)
 		files = append(files, f)
 	}
-	d.Adm(tb, "--lld", "iscsi", "--op", "bind", "--mode", "target", "--tid", t, "-I", "ALL")
+	d.Attach(tb, tid, iqn, files...)
 	return files
+}
+
+// Attach configures target tid named iqn over existing backing files
+// (LUN 1, 2, ...), open to every initiator.
+func (d *Daemon) Attach(tb testing.TB, tid int, iqn string, files ...string) {
+	tb.Helper()
+	t := strconv.Itoa(tid)
+	d.Adm(tb, "--lld", "iscsi", "--op", "new", "--mode", "target", "--tid", t, "-T", iqn)
+	for i, f := range files {
+		d.Adm(tb, "--lld", "iscsi", "--op", "new", "--mode", "logicalunit", "--tid", t, "--lun", strconv.Itoa(i+1), "-b", f)
+	}
+	d.Adm(tb, "--lld", "iscsi", "--op", "bind", "--mode", "target", "--tid", t, "-I", "ALL")
 }
 
 // Update sets an iSCSI parameter of target tid (InitialR2T, MaxBurstLength, ...).
@@ -228,8 +238,8 @@ func (d *Daemon) kill() {
 	}
 }
 
-// Restart starts a fresh tgtd after Kill (on a new port; targets must be
-// configured again).
+// Restart starts a fresh tgtd after Kill on the same portal; targets must
+// be configured again (backing files in Dir survive).
 func (d *Daemon) Restart(tb testing.TB) {
 	tb.Helper()
 	d.kill()
