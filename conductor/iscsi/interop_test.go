@@ -348,4 +348,3 @@ func TestInteropTGTDKilledMidTransfer(t *testing.T) {
 		})
 	}
 }
-
