@@ -79,6 +79,9 @@ func (c Config) String() string {
 		iscsi.Credentials{User: c.CHAPUser, Secret: c.CHAPSecret}, iscsi.Credentials{User: c.MutualUser, Secret: c.MutualSecret})
 }
 
+// GoString hides the secrets from %#v.
+func (c Config) GoString() string { return c.String() }
+
 // LogValue hides the secrets from slog.
 func (c Config) LogValue() slog.Value {
 	return slog.GroupValue(slog.String("listen", c.Listen), slog.String("iqn", c.IQN), slog.String("device", c.Device),
@@ -233,17 +236,37 @@ func Start(ctx context.Context, cfg Config) (*Target, error) {
 
 // start serves dev (closed by Stop through closer) on cfg.Listen.
 func start(ctx context.Context, cfg Config, dev blockDevice, closer io.Closer, size int64) (*Target, error) {
+	t, err := newTarget(cfg, dev, closer, size)
+	if err != nil {
+		return nil, err
+	}
+	var lc net.ListenConfig
+	ln, err := lc.Listen(ctx, "tcp", t.cfg.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("listen: %w", err)
+	}
+	t.ln = ln
+	t.log.Info("iscsi target started", "config", t.cfg, "blocks", t.lu.blocks, "block_size", t.cfg.BlockSize)
+	t.wg.Add(1)
+	go t.acceptLoop()
+	go func() {
+		select {
+		case <-ctx.Done():
+			_ = t.Stop()
+		case <-t.done:
+		}
+	}()
+	return t, nil
+}
+
+// newTarget builds a target over dev without a listener.
+func newTarget(cfg Config, dev blockDevice, closer io.Closer, size int64) (*Target, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
 	blocks := uint64(size) / uint64(cfg.BlockSize)
 	if blocks == 0 {
 		return nil, fmt.Errorf("%w: device %s is smaller than one block", ErrConfig, cfg.Device)
-	}
-	var lc net.ListenConfig
-	ln, err := lc.Listen(ctx, "tcp", cfg.Listen)
-	if err != nil {
-		return nil, fmt.Errorf("listen: %w", err)
 	}
 	sum := sha256.Sum256([]byte(cfg.IQN + "\x00" + cfg.Device))
 	want := iscsi.DefaultParams()
@@ -255,10 +278,9 @@ func start(ctx context.Context, cfg Config, dev blockDevice, closer io.Closer, s
 	want.MaxOutstandingR2T = 4
 	want.HeaderDigest, want.DataDigest = true, true
 	want.DefaultTime2Wait, want.DefaultTime2Retain = 0, 0
-	t := &Target{
+	return &Target{
 		cfg:  cfg,
 		log:  cfg.Logger,
-		ln:   ln,
 		dev:  closer,
 		want: want,
 		lu: &logicalUnit{
@@ -272,18 +294,7 @@ func start(ctx context.Context, cfg Config, dev blockDevice, closer io.Closer, s
 		},
 		conns: map[*conn]struct{}{},
 		done:  make(chan struct{}),
-	}
-	t.log.Info("iscsi target started", "config", cfg, "blocks", blocks, "block_size", cfg.BlockSize)
-	t.wg.Add(1)
-	go t.acceptLoop()
-	go func() {
-		select {
-		case <-ctx.Done():
-			_ = t.Stop()
-		case <-t.done:
-		}
-	}()
-	return t, nil
+	}, nil
 }
 
 // Addr is the bound listen address (useful with port 0).

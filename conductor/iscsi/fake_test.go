@@ -302,21 +302,23 @@ func (c *fakeConn) login() bool {
 			data = data[7:]
 		}
 		resp.SN = c.sn(true)
+		var p proto.Params
+		if full {
+			if p, err = neg.Result(); err != nil {
+				return false
+			}
+			f.mu.Lock()
+			f.lastParams = p
+			f.mu.Unlock()
+		}
 		if err := c.w.WriteHeader(resp, data); err != nil {
 			return false
 		}
 		if full {
-			p, err := neg.Result()
-			if err != nil {
-				return false
-			}
 			c.p = p
 			c.r.MaxData = int(p.MaxRecvDataSegmentLength)
 			c.r.Digests = proto.Digests{Header: p.HeaderDigest, Data: p.DataDigest}
 			c.w.Digests = c.r.Digests
-			f.mu.Lock()
-			f.lastParams = p
-			f.mu.Unlock()
 			return true
 		}
 	}

@@ -84,6 +84,9 @@ func (c Config) String() string {
 		c.Portal, c.TargetIQN, c.InitiatorIQN, c.CHAP, c.MutualCHAP)
 }
 
+// GoString hides the secrets from %#v.
+func (c Config) GoString() string { return c.String() }
+
 // LogValue hides the secrets from slog.
 func (c Config) LogValue() slog.Value {
 	return slog.GroupValue(slog.String("portal", c.Portal), slog.String("target", c.TargetIQN),

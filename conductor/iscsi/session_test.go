@@ -609,7 +609,7 @@ func TestConfigValidation(t *testing.T) {
 	c := Config{Portal: "h:1", TargetIQN: "iqn.x:y", CHAP: proto.Credentials{User: "u", Secret: "super-secret-value"}}
 	var logs bytes.Buffer
 	slog.New(slog.NewJSONHandler(&logs, nil)).Info("x", "cfg", c)
-	for _, s := range []string{fmt.Sprint(c), fmt.Sprintf("%+v", c), logs.String()} {
+	for _, s := range []string{fmt.Sprint(c), fmt.Sprintf("%+v %#v", c, c), logs.String()} {
 		if strings.Contains(s, "super-secret-value") {
 			t.Fatalf("secret printed: %s", s)
 		}
