@@ -56,7 +56,8 @@ type Config struct {
 	// MaxRecvDataSegmentLength is declared to the target (default 256 KiB).
 	MaxRecvDataSegmentLength uint32
 	// MaxBurstLength and FirstBurstLength are offered (defaults
-	// 16 MiB - 1 KiB and 256 KiB); the target may lower them.
+	// 16 MiB - 1 KiB and 1 MiB, so a default 1 MiB write needs no R2T);
+	// the target may lower them.
 	MaxBurstLength, FirstBurstLength uint32
 	// InitialR2T, when true, asks for InitialR2T=Yes (no unsolicited
 	// Data-Out); the default asks for No.
@@ -123,7 +124,7 @@ func (c Config) withDefaults() (Config, error) {
 		c.MaxBurstLength = 16<<20 - 1024
 	}
 	if c.FirstBurstLength == 0 {
-		c.FirstBurstLength = 256 << 10
+		c.FirstBurstLength = 1 << 20
 	}
 	for _, v := range []uint32{c.MaxRecvDataSegmentLength, c.MaxBurstLength, c.FirstBurstLength} {
 		if v < 512 || v > proto.MaxDataSegmentLength {
