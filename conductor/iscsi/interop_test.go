@@ -348,3 +348,37 @@ func TestInteropTGTDKilledMidTransfer(t *testing.T) {
 		})
 	}
 }
+
+// TestInteropTGTDLUNFaults: a LUN that does not exist, and a LUN deleted
+// under an open writer, fail with typed, permanent errors.
+func TestInteropTGTDLUNFaults(t *testing.T) {
+	d, tid, iqn, _ := newTarget(t, 4<<20)
+	ctx := t.Context()
+	if _, err := NewWriter(ctx, Config{Portal: d.Portal, TargetIQN: iqn}, WriterOptions{LUN: 7}); !errors.Is(err, ErrLUNNotSupported) {
+		t.Fatalf("LUN 7: %v, want ErrLUNNotSupported", err)
+	}
+	w, err := NewWriter(ctx, Config{Portal: d.Portal, TargetIQN: iqn}, WriterOptions{ChunkSize: 64 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	if _, err := w.WriteAt(make([]byte, 64<<10), 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	d.Adm(t, "--lld", "iscsi", "--op", "delete", "--mode", "logicalunit", "--tid", fmt.Sprint(tid), "--lun", "1")
+	_, err = w.WriteAt(make([]byte, 64<<10), 64<<10)
+	if err == nil {
+		err = w.Sync()
+	}
+	var se *SCSIError
+	if !errors.As(err, &se) || errors.Is(err, ErrSessionLost) {
+		t.Fatalf("write to a deleted LUN: %v, want a SCSI error", err)
+	}
+	if err := w.Sync(); !errors.Is(err, ErrWriterFailed) {
+		t.Fatalf("Sync after the failure: %v", err)
+	}
+	t.Logf("deleted LUN: %v", err)
+}
