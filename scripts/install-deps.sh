@@ -14,6 +14,7 @@ pkgs=(
   tgt libiscsi-bin                                   # iSCSI target and initiator tools
   # virtual node
   qemu-system-x86 qemu-utils ipxe-qemu ipxe ovmf netcat-openbsd systemd-boot-efi
+  qemu-block-extra                                   # qemu-img iscsi:// (libiscsi): the iSCSI oracle and benchmark baseline
   # benchmarks and images
   zstd xz-utils curl iproute2 procps
   bzip2 lz4 openssl python3                          # imagestream interop: real compressors, checksum tools, a Range-less HTTP server
