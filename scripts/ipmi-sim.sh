@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run OpenIPMI's ipmi_sim as one simulated node's BMC, with the project's
-# configuration (conductor/power/ipmisim/testdata): lanplus with cipher
+# configuration (internal/bmcsim): lanplus with cipher
 # suite 3, user admin/password, power and boot device kept by the
 # chassis-control.sh hook in a node directory. Put an executable "vm" in
 # the node directory to have power on start a QEMU VM (see the hook's
@@ -12,7 +12,7 @@
 # Then: ipmitool -I lanplus -C 3 -H ADDR -p PORT -U USER -P PASSWORD power status
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
-data=$here/conductor/power/ipmisim/testdata
+data=$here/internal/bmcsim
 addr=127.0.0.1 port=6230 user=admin password=password node_dir="" state_dir=""
 usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 while getopts "a:p:n:s:u:P:h" opt; do
