@@ -1,0 +1,263 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/klauspost/compress/zstd"
+
+	"github.com/ingot-dev/ingot/internal/peertest"
+	"github.com/ingot-dev/ingot/internal/testimage"
+	"github.com/ingot-dev/ingot/internal/vmrig"
+	"github.com/ingot-dev/ingot/internal/vmtest"
+)
+
+// artifacts are built once per test binary: the conductor, the agent's
+// kernel and ramdisk, and the test image.
+type artifacts struct {
+	conductor, kernel, ramdisk string
+	imageRaw, imageZst         string
+	imageSum                   string // sha256 of the zstd file, as instance_info names it
+	imageID                    string
+}
+
+var (
+	buildOnce sync.Once
+	built     artifacts
+	buildErr  error
+)
+
+func setup(t *testing.T) artifacts {
+	t.Helper()
+	peertest.Root(t, "network namespaces, tap devices and DHCP")
+	for _, m := range vmrig.Missing(true) {
+		peertest.Missing(t, m, "scripts/install-deps.sh")
+	}
+	kernel := vmtest.Kernel(t, "cloud-amd64")
+	ramdisk := vmtest.Ramdisk(t, kernel)
+	buildOnce.Do(func() { built, buildErr = buildArtifacts(t, kernel, ramdisk.Path) })
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return built
+}
+
+func buildArtifacts(t *testing.T, kernel, ramdisk string) (artifacts, error) {
+	root := vmtest.Root(t)
+	dir := filepath.Join(root, "build", "e2e")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return artifacts{}, err
+	}
+	a := artifacts{kernel: kernel, ramdisk: ramdisk, conductor: filepath.Join(dir, "conductor"), imageID: "e2e"}
+	cmd := exec.Command("go", "build", "-trimpath", "-o", a.conductor, "./conductor/cmd/conductor")
+	cmd.Dir = root
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return a, fmt.Errorf("build conductor: %v\n%s", err, out)
+	}
+	initBin, err := testimage.BuildInit(context.Background(), dir)
+	if err != nil {
+		return a, err
+	}
+	a.imageRaw = filepath.Join(dir, "image.raw")
+	if err := testimage.Build(a.imageRaw, testimage.Options{ID: a.imageID, Kernel: kernel, Init: initBin}); err != nil {
+		return a, err
+	}
+	a.imageZst = a.imageRaw + ".zst"
+	sum, err := compressZstd(a.imageRaw, a.imageZst)
+	if err != nil {
+		return a, err
+	}
+	a.imageSum = sum
+	return a, nil
+}
+
+func compressZstd(src, dst string) (string, error) {
+	in, err := os.Open(src)
+	if err != nil {
+		return "", err
+	}
+	defer in.Close()
+	out, err := os.Create(dst)
+	if err != nil {
+		return "", err
+	}
+	defer out.Close()
+	h := sha256.New()
+	zw, err := zstd.NewWriter(io.MultiWriter(out, h))
+	if err != nil {
+		return "", err
+	}
+	if _, err := io.Copy(zw, in); err != nil {
+		return "", err
+	}
+	if err := zw.Close(); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), out.Close()
+}
+
+type env struct {
+	t    *testing.T
+	rig  *vmrig.Rig
+	cond *vmrig.Conductor
+	a    artifacts
+}
+
+func newEnv(t *testing.T, args ...string) *env {
+	t.Helper()
+	a := setup(t)
+	dir := t.TempDir()
+	log := slog.New(slog.NewTextHandler(testWriter{t}, nil))
+	rig, err := vmrig.New(t.Context(), vmrig.Options{Dir: dir, Name: "ingot-e2e", Log: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := rig.Close(); err != nil {
+			t.Errorf("close rig: %v", err)
+		}
+	})
+	cond, err := rig.StartConductor(t.Context(), vmrig.ConductorOptions{Binary: a.conductor, Kernel: a.kernel,
+		Ramdisk: a.ramdisk, Args: args})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			b, _ := os.ReadFile(cond.Log)
+			t.Logf("conductor log (tail):\n%s", tailLines(string(b), 80))
+		}
+	})
+	return &env{t: t, rig: rig, cond: cond, a: a}
+}
+
+func (e *env) addNode(firmware string) (*vmrig.Node, string) {
+	e.t.Helper()
+	ctx := e.t.Context()
+	n, err := e.rig.AddNode(ctx, vmrig.NodeOptions{Firmware: firmware})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() {
+		if e.t.Failed() {
+			e.t.Logf("node %s serial console (tail):\n%s", n.Name, tailLines(n.SerialLog(), 60))
+		}
+	})
+	uuid, err := e.cond.Client.CreateNode(ctx, map[string]any{"name": n.Name, "driver": "ipmi",
+		"boot_interface": "ipxe", "deploy_interface": "direct", "network_interface": "noop",
+		"driver_info": n.DriverInfo(), "properties": map[string]any{"capabilities": "boot_mode:" + firmware}})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if err := e.cond.Client.CreatePort(ctx, uuid, n.MAC); err != nil {
+		e.t.Fatal(err)
+	}
+	return n, uuid
+}
+
+func (e *env) wait(uuid string, timeout time.Duration, want ...string) vmrig.NodeState {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(e.t.Context(), timeout)
+	defer cancel()
+	start := time.Now()
+	n, err := e.cond.Client.Wait(ctx, uuid, want, []string{"deploy failed", "clean failed", "error"}, func(n vmrig.NodeState) {
+		e.t.Logf("%6.1fs %s power=%s %v %s", time.Since(start).Seconds(), n.ProvisionState, deref(n.PowerState),
+			n.DriverInternalInfo["deploy_progress"], n.Error())
+	})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return n
+}
+
+func (e *env) provision(uuid, target string) {
+	e.t.Helper()
+	if err := e.cond.Client.Provision(e.t.Context(), uuid, target); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
+}
+
+// TestE2EDeploy takes a BIOS and a UEFI node through Ironic's whole
+// lifecycle: manage, provide (cleaning boots the agent), deploy (the agent
+// writes the image), the node boots its own disk, undeploy.
+func TestE2EDeploy(t *testing.T) {
+	for _, fw := range []string{"bios", "uefi"} {
+		t.Run(fw, func(t *testing.T) {
+			e := newEnv(t)
+			n, uuid := e.addNode(fw)
+			e.provision(uuid, "manage")
+			e.wait(uuid, time.Minute, "manageable")
+			e.provision(uuid, "provide")
+			e.wait(uuid, 3*time.Minute, "available")
+			if err := e.cond.Client.Patch(t.Context(), uuid,
+				map[string]any{"op": "add", "path": "/instance_info/image_source", "value": "file://" + e.a.imageZst},
+				map[string]any{"op": "add", "path": "/instance_info/image_os_hash_algo", "value": "sha256"},
+				map[string]any{"op": "add", "path": "/instance_info/image_os_hash_value", "value": e.a.imageSum}); err != nil {
+				t.Fatal(err)
+			}
+			off := n.SerialSize()
+			e.provision(uuid, "active")
+			e.wait(uuid, 3*time.Minute, "active")
+			ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+			defer cancel()
+			if err := n.WaitSerial(ctx, off, testimage.Marker(e.a.imageID, fw)); err != nil {
+				t.Fatal(err)
+			}
+			raw, err := os.ReadFile(e.a.imageRaw)
+			if err != nil {
+				t.Fatal(err)
+			}
+			disk, err := os.Open(n.Disk)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer disk.Close()
+			got := make([]byte, len(raw))
+			if _, err := io.ReadFull(disk, got); err != nil {
+				t.Fatal(err)
+			}
+			if fw == "bios" && !bytes.Equal(got, raw) {
+				t.Error("the disk does not hold the image")
+			}
+			e.provision(uuid, "deleted")
+			e.wait(uuid, 3*time.Minute, "available")
+		})
+	}
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+func tailLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
