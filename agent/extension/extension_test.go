@@ -218,6 +218,24 @@ func diskPrefix(t *testing.T, path string, n int) []byte {
 	return b
 }
 
+func diskTail(t *testing.T, path string, n int64) []byte {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := make([]byte, n)
+	if _, err := f.ReadAt(b, st.Size()-n); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
 func failed(t *testing.T, c api.CommandResult, wantType, wantDetail string) {
 	t.Helper()
 	if c.CommandStatus != api.StatusFailed || c.CommandError == nil || c.CommandError.Type != wantType ||
@@ -358,8 +376,15 @@ func TestWriteImageFaults(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			r := newRig(t, tc.diskSize, nil)
 			failed(t, r.run(t, "deploy.execute_deploy_step", tc.params), tc.wantType, tc.wantDetail)
-			if b := diskPrefix(t, r.disk, 2*mib); !bytes.Equal(b, make([]byte, len(b))) && tc.wantType != "ImageChecksumError" {
-				t.Error("the disk was written")
+			// Nothing bootable is left: an image that failed its checksum
+			// was written whole, then its partition tables were wiped.
+			if b := diskPrefix(t, r.disk, blockdev.HeadTailBytes); !bytes.Equal(b, make([]byte, len(b))) {
+				t.Error("the disk's head (MBR, GPT) holds data after a failed write")
+			}
+			if tc.diskSize >= 4*mib {
+				if b := diskTail(t, r.disk, mib); !bytes.Equal(b, make([]byte, len(b))) {
+					t.Error("the disk's backup GPT area holds data after a failed write")
+				}
 			}
 			if u := r.run(t, "standby.get_partition_uuids", map[string]any{}); string(u.CommandResult) != "{}" {
 				t.Errorf("a failed write left partition uuids: %s", u.CommandResult)

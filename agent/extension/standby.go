@@ -72,6 +72,18 @@ func (x *Extensions) writeImage(ctx context.Context, info api.ImageInfo, configd
 		log.Warn("image changed on the server; starting over", "err", err)
 	}
 	if err != nil {
+		if res.Written > 0 {
+			// Part of an image, or all of one that failed its checksum, is
+			// on the disk: wipe its partition tables and boot code so the
+			// machine cannot boot what was not verified.
+			if _, werr := blockdev.WipeMetadata(context.WithoutCancel(ctx), dev, dev.Size()); werr != nil {
+				log.Error("could not wipe the unverified image", "err", werr)
+				err = fmt.Errorf("%w; wiping the partly written disk failed too: %v", err, werr)
+			} else {
+				log.Warn("wiped the disk's partition tables: the image written is not verified", "bytes", res.Written)
+				err = fmt.Errorf("%w (the disk's partition tables were wiped, so it does not boot the unverified image)", err)
+			}
+		}
 		return w, imageError(err)
 	}
 	if err := dev.RereadPartitions(); err != nil {
