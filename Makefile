@@ -29,7 +29,7 @@ run: build ## run the conductor with its zero-configuration defaults
 	$(BIN)/conductor
 
 .PHONY: test
-test: unit interop ## every test tier: unit, then interop with real peers
+test: unit interop e2e ## every test tier: unit, interop with real peers, end to end with QEMU
 	@echo "make test: all tiers passed"
 
 .PHONY: unit
@@ -40,11 +40,16 @@ unit: ## unit tier: race detector, shuffled order, no external programs needed
 interop: ## interop tier: real peers (baremetal CLI, Ironic, PostgreSQL, ipmi_sim, ...)
 	$(GO) test -tags interop -run Interop -timeout 20m -count=1 ./...
 
+.PHONY: e2e
+e2e: ## end-to-end tier: QEMU nodes PXE-boot the agent ramdisk, IPMI via ipmi_sim (root)
+	$(GO) test -tags e2e -run E2E -timeout 20m -count=1 ./e2e/
+
 .PHONY: lint
 lint: ## gofmt, go vet, go mod tidy check
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) vet -tags interop ./...
+	$(GO) vet -tags e2e ./...
 	$(GO) mod tidy -diff
 
 .PHONY: bench

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"slices"
+	"strings"
 	"time"
 )
 
@@ -154,7 +155,9 @@ func (c *Client) Wait(ctx context.Context, ident string, want, fail []string, se
 			seen(n)
 		}
 		first, last = false, n
-		pending := n.TargetProvision != nil && *n.TargetProvision != ""
+		// A failed state keeps its target (Ironic's "deploy failed" still
+		// targets "active"), so only a stable state's target means pending.
+		pending := n.TargetProvision != nil && *n.TargetProvision != "" && !strings.HasSuffix(n.ProvisionState, "failed")
 		if slices.Contains(want, n.ProvisionState) && !pending {
 			return n, nil
 		}

@@ -176,6 +176,18 @@ func (r *Rig) DialContext(ctx context.Context, network, addr string) (net.Conn, 
 	return c, err
 }
 
+// Listen opens a listener inside the namespace (for servers a test runs
+// on the provisioning network, like a faulty image server).
+func (r *Rig) Listen(network, addr string) (net.Listener, error) {
+	var l net.Listener
+	err := r.inNS(func() error {
+		var err error
+		l, err = net.Listen(network, addr)
+		return err
+	})
+	return l, err
+}
+
 // inNS runs f on an OS thread that entered the namespace; the thread is
 // never switched back and ends with f.
 func (r *Rig) inNS(f func() error) error {
