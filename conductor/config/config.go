@@ -74,6 +74,7 @@ type Config struct {
 	DeployCallbackTimeout        time.Duration
 	CleanCallbackTimeout         time.Duration
 	CheckInterval                time.Duration
+	DeployProgressInterval       time.Duration
 	PowerSyncInterval            time.Duration
 	AgentCommandTimeout          time.Duration
 	PostDeployPowerOffRetries    int
@@ -138,6 +139,7 @@ func (c *Config) FlagSet(name string) *flag.FlagSet {
 	fs.DurationVar(&c.DeployCallbackTimeout, "deploy-callback-timeout", 1800*time.Second, "fail a deployment whose agent is silent this long")
 	fs.DurationVar(&c.CleanCallbackTimeout, "clean-callback-timeout", 1800*time.Second, "fail a cleaning whose agent is silent this long")
 	fs.DurationVar(&c.CheckInterval, "check-interval", 60*time.Second, "how often callback timeouts are checked")
+	fs.DurationVar(&c.DeployProgressInterval, "deploy-progress-interval", 2*time.Second, "how often agents writing an image are asked for progress (0 disables)")
 	fs.DurationVar(&c.PowerSyncInterval, "power-sync-interval", 120*time.Second, "how often power states are compared with the BMCs (0 disables)")
 	fs.DurationVar(&c.AgentCommandTimeout, "agent-command-timeout", 60*time.Second, "timeout of each request to an agent")
 	fs.IntVar(&c.PostDeployPowerOffRetries, "post-deploy-power-off-retries", 6, "power state polls after the agent's power off before forcing it")
@@ -238,6 +240,9 @@ func (c *Config) Validate() error {
 		}
 	}
 	errs = append(errs, c.validateBoot()...)
+	if c.DeployProgressInterval < 0 {
+		bad("deploy-progress-interval %s: must not be negative", c.DeployProgressInterval)
+	}
 	if c.PowerSyncInterval < 0 {
 		bad("power-sync-interval %s: must not be negative", c.PowerSyncInterval)
 	}

@@ -97,6 +97,17 @@ func (a *scriptedAgent) finish(kind string) {
 	panic("no running " + kind + " step")
 }
 
+// progress sets the running step's progress.
+func (a *scriptedAgent) progress(bytes int64) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for i := range a.cmds {
+		if a.cmds[i].CommandStatus == api.StatusRunning {
+			a.cmds[i].Progress = &api.Progress{Bytes: bytes, Total: 4 << 20, Percent: float64(bytes) * 100 / (4 << 20)}
+		}
+	}
+}
+
 // reboot forgets every command, as a freshly booted agent does.
 func (a *scriptedAgent) reboot() { a.mu.Lock(); a.cmds = nil; a.mu.Unlock() }
 
@@ -331,6 +342,39 @@ func TestBusyAgentIsRetriedOnTheNextHeartbeat(t *testing.T) {
 	d.heartbeat(t)
 	d.heartbeat(t)
 	d.expect(t, node.StateDeployWait, "GET commands", "GET commands")
+}
+
+// TestProgressIsPolledBetweenHeartbeats: while the agent writes the image,
+// PollProgress records its progress without waiting for a heartbeat; it
+// leaves nodes someone holds alone and ignores a silent agent.
+func TestProgressIsPolledBetweenHeartbeats(t *testing.T) {
+	d := newDirect(t, engine.Options{})
+	d.verb(t, "active")
+	d.lookup(t)
+	d.heartbeat(t)
+	d.agent.takeCalls()
+
+	d.agent.progress(3 << 20)
+	d.eng.PollProgress(t.Context())
+	n := d.expect(t, node.StateDeployWait, "GET commands")
+	if p, _ := n.DriverInternalInfo["deploy_progress"].(map[string]any); p == nil || p["bytes"] != float64(3<<20) || p["percent"] != 75.0 {
+		t.Errorf("deploy_progress %v, want 3 MiB, 75%%", n.DriverInternalInfo["deploy_progress"])
+	}
+	version := n.Version
+
+	// Unchanged progress writes nothing.
+	d.eng.PollProgress(t.Context())
+	if n = d.expect(t, node.StateDeployWait, "GET commands"); n.Version != version {
+		t.Errorf("an unchanged sample was written (version %d -> %d)", version, n.Version)
+	}
+
+	// Once the step finished, polling neither records nor moves anything:
+	// that is the heartbeat's job.
+	d.agent.finish("deploy")
+	d.eng.PollProgress(t.Context())
+	if n = d.expect(t, node.StateDeployWait, "GET commands"); n.Version != version {
+		t.Errorf("a finished step's poll wrote the node (version %d -> %d)", version, n.Version)
+	}
 }
 
 func TestHeartbeatChecks(t *testing.T) {

@@ -134,6 +134,9 @@ type Options struct {
 	// that keeps failing into maintenance (3).
 	PowerSyncInterval    time.Duration
 	PowerSyncMaxFailures int
+	// ProgressInterval is how often the agents of nodes writing an image
+	// are asked for their progress (2 s; negative disables).
+	ProgressInterval time.Duration
 	// CommandPollInterval and CommandWaitTimeout bound the wait for an
 	// agent command the conductor waits on (install_bootloader): 1 s and
 	// 10 min.
@@ -219,6 +222,7 @@ func New(store Store, drivers Drivers, log *slog.Logger, opts Options) *Engine {
 		{&opts.CheckInterval, 60 * time.Second}, {&opts.PowerSyncInterval, 120 * time.Second},
 		{&opts.CommandPollInterval, time.Second}, {&opts.CommandWaitTimeout, 10 * time.Minute},
 		{&opts.PostDeployPowerOffInterval, 5 * time.Second}, {&opts.LookupLockWait, 2 * time.Second},
+		{&opts.ProgressInterval, 2 * time.Second},
 	}
 	for _, d := range defaults {
 		if *d.d == 0 {
@@ -270,6 +274,7 @@ func (e *Engine) Run(ctx context.Context) error {
 	var periodic sync.WaitGroup
 	periodic.Go(func() { every(ctx, e.opts.CheckInterval, e.CheckTimeouts) })
 	periodic.Go(func() { every(ctx, e.opts.PowerSyncInterval, e.SyncPowerStates) })
+	periodic.Go(func() { every(ctx, e.opts.ProgressInterval, e.PollProgress) })
 	<-ctx.Done()
 	periodic.Wait()
 	e.drainQueued(workCtx)

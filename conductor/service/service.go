@@ -151,6 +151,10 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Service, e
 	if powerSync == 0 {
 		powerSync = -1 // disabled
 	}
+	progress := cfg.DeployProgressInterval
+	if progress == 0 {
+		progress = -1 // disabled
+	}
 	imageBase := cfg.PublicURL
 	if imageBase == "" {
 		imageBase = "http://" + apiLn.Addr().String()
@@ -176,6 +180,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Service, e
 		DeployCallbackTimeout:      cfg.DeployCallbackTimeout,
 		CleanCallbackTimeout:       cfg.CleanCallbackTimeout,
 		CheckInterval:              cfg.CheckInterval,
+		ProgressInterval:           progress,
 		PowerSyncInterval:          powerSync,
 		PostDeployPowerOffRetries:  cfg.PostDeployPowerOffRetries,
 		PostDeployPowerOffInterval: cfg.PostDeployPowerOffInterval,
