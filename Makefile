@@ -24,6 +24,13 @@ build: ## build the binaries into bin/ (static, CGO_ENABLED=0)
 	@mkdir -p $(BIN)
 	$(GO) build -trimpath -o $(BIN)/ ./conductor/cmd/... ./agent/cmd/...
 
+.PHONY: demo
+demo: ## the main demo: a QEMU virtual node provisioned end to end (root; installs what it needs). DEMO_FLAGS=--firmware=uefi
+	@[ "$$(id -u)" = 0 ] || { echo "make demo needs root (network namespace, tap device, DHCP): sudo make demo"; exit 1; }
+	scripts/install-deps.sh --demo
+	$(MAKE) --no-print-directory build initramfs
+	$(GO) run ./internal/cmd/demo --conductor $(BIN)/conductor --kernel build/vmlinuz --ramdisk build/initramfs.cpio.gz $(DEMO_FLAGS)
+
 .PHONY: run
 run: build ## run the conductor with its zero-configuration defaults
 	$(BIN)/conductor

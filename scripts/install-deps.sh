@@ -2,6 +2,9 @@
 # Install what Ingot's tests, benchmarks and demo need on Debian 12, as root.
 # Idempotent: packages already present are not reinstalled, so a second run
 # takes a second. Go itself comes from the machine (/usr/local/go).
+#
+#   scripts/install-deps.sh          everything the tests need
+#   scripts/install-deps.sh --demo   only what `make demo` needs
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 # Ironic is installed with its recommended packages, as the peer was probed.
@@ -19,6 +22,10 @@ pkgs=(
   zstd xz-utils curl iproute2 procps
   bzip2 lz4 openssl python3                          # imagestream interop: real compressors, checksum tools, a Range-less HTTP server
 )
+if [ "${1:-}" = --demo ]; then
+  ironic_pkgs=()
+  pkgs=(qemu-system-x86 ipxe-qemu ipxe ovmf openipmi ipmitool netcat-openbsd systemd-boot-efi iproute2)
+fi
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 missing=() missing_ironic=()
 for p in "${pkgs[@]}"; do installed "$p" || missing+=("$p"); done

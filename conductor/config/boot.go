@@ -238,6 +238,11 @@ func (c *Config) validateBoot() []error {
 	if b.Root != "" && !filepath.IsAbs(b.Root) {
 		bad("boot-root %q: want an absolute path", b.Root)
 	}
+	for name, v := range map[string]string{"deploy-kernel": b.DeployKernel, "deploy-ramdisk": b.DeployRamdisk} {
+		if v != "" && !strings.HasPrefix(v, "http://") && !strings.HasPrefix(v, "https://") && !filepath.IsAbs(v) {
+			bad("%s %q: want an http(s) URL or an absolute path", name, v)
+		}
+	}
 	for _, p := range c.BootAllowedPaths() {
 		if !filepath.IsAbs(p) {
 			bad("boot-file-allowed-paths: %q is not an absolute path", p)

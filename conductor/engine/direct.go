@@ -509,6 +509,9 @@ func progressOf(step string, p *api.Progress) map[string]any {
 	if p.Resumes > 0 {
 		prog["resumes"] = p.Resumes
 	}
+	if p.Phase != "" {
+		prog["phase"] = p.Phase
+	}
 	return prog
 }
 

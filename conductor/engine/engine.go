@@ -143,7 +143,8 @@ type Options struct {
 	CommandPollInterval time.Duration
 	CommandWaitTimeout  time.Duration
 	// PostDeployPowerOffRetries × PostDeployPowerOffInterval is how long
-	// tear_down_agent waits for the agent's power off (6 × 5 s).
+	// tear_down_agent waits for the agent's power off (30 × 1 s: Ironic's 30 s
+	// budget, polled more often; a status read costs milliseconds).
 	PostDeployPowerOffRetries  int
 	PostDeployPowerOffInterval time.Duration
 	// CleanStepPriorities overrides the agent's priorities for automated
@@ -221,7 +222,7 @@ func New(store Store, drivers Drivers, log *slog.Logger, opts Options) *Engine {
 		{&opts.CleanCallbackTimeout, 1800 * time.Second}, {&opts.InspectWaitTimeout, 1800 * time.Second},
 		{&opts.CheckInterval, 60 * time.Second}, {&opts.PowerSyncInterval, 120 * time.Second},
 		{&opts.CommandPollInterval, time.Second}, {&opts.CommandWaitTimeout, 10 * time.Minute},
-		{&opts.PostDeployPowerOffInterval, 5 * time.Second}, {&opts.LookupLockWait, 2 * time.Second},
+		{&opts.PostDeployPowerOffInterval, time.Second}, {&opts.LookupLockWait, 2 * time.Second},
 		{&opts.ProgressInterval, 2 * time.Second},
 	}
 	for _, d := range defaults {
@@ -233,7 +234,7 @@ func New(store Store, drivers Drivers, log *slog.Logger, opts Options) *Engine {
 		opts.PowerSyncMaxFailures = 3
 	}
 	if opts.PostDeployPowerOffRetries == 0 {
-		opts.PostDeployPowerOffRetries = 6
+		opts.PostDeployPowerOffRetries = 30
 	}
 	if opts.CleanStepPriorities == nil {
 		opts.CleanStepPriorities = map[string]int{stepEraseMetadata: 99, stepEraseDevices: 0}

@@ -42,23 +42,21 @@ type Conductor struct {
 // firmware that needs an iPXE binary, SQLite in the rig's directory, JSON
 // logs (the demo reads events from them). It returns once the API answers.
 func (r *Rig) StartConductor(ctx context.Context, o ConductorOptions) (*Conductor, error) {
-	for _, f := range []string{o.Binary, o.Kernel, o.Ramdisk} {
-		if _, err := os.Stat(f); err != nil {
+	for _, f := range []*string{&o.Binary, &o.Kernel, &o.Ramdisk} {
+		if _, err := os.Stat(*f); err != nil {
 			return nil, fmt.Errorf("vmrig: conductor: %w", err)
 		}
+		abs, err := filepath.Abs(*f)
+		if err != nil {
+			return nil, err
+		}
+		*f = abs
 	}
 	state := filepath.Join(r.Dir, "conductor")
 	if err := os.MkdirAll(state, 0o755); err != nil {
 		return nil, err
 	}
-	kdir, err := filepath.Abs(filepath.Dir(o.Kernel))
-	if err != nil {
-		return nil, err
-	}
-	rdir, err := filepath.Abs(filepath.Dir(o.Ramdisk))
-	if err != nil {
-		return nil, err
-	}
+	kdir, rdir := filepath.Dir(o.Kernel), filepath.Dir(o.Ramdisk)
 	api := fmt.Sprintf("%s:%d", r.ServerIP, APIPort)
 	boot := fmt.Sprintf("%s:%d", r.ServerIP, BootHTTPPort)
 	args := []string{o.Binary,
