@@ -277,7 +277,7 @@ func (e *Engine) iscsiWriteImage(ctx context.Context, n *node.Node, ep AgentEndp
 		log.Warn("iscsi target panicked during the write", "panics", st.Panics, "last_panic", st.LastPanic)
 		setInternal(n, diISCSIWarning, msg)
 	}
-	log.Info("image written over iscsi", "bytes", r.Stream.Written, "reconnects", r.Writer.Reconnects,
+	log.Info("write_image over iscsi finished", "bytes", r.Stream.Written, "reconnects", r.Writer.Reconnects,
 		"verified_bytes", r.Writer.Verified, "duration", r.Duration.Round(time.Millisecond))
 	return nil
 }
