@@ -341,3 +341,28 @@ type failingWrites struct{ *blockdev.Device }
 func (failingWrites) WriteAt([]byte, int64) (int, error) {
 	return 0, &os.PathError{Op: "write", Path: "disk", Err: syscall.EIO}
 }
+
+// FuzzStartISCSITargetParams: start_iscsi_target's parameter check takes
+// anything without panicking, and its error never quotes the CHAP secret.
+func FuzzStartISCSITargetParams(f *testing.F) {
+	f.Add([]byte(`{"iqn":"iqn.2008-10.org.openstack:n1","portal_port":3260,"wipe_disk_metadata":true,"chap_username":"ingot"}`), "a-good-long-secret")
+	f.Add([]byte(`{"iqn":"iqn.x","portal_port":"3260","chap_username":""}`), "short")
+	f.Add([]byte(`{"iqn":null,"node":{"properties":{"root_device":{"size":">= 4"}}},"root_device":[]}`), "")
+	f.Add([]byte(`{"iqn":"eui.0123","portal_port":-1,"wipe_disk_metadata":"yes"}`), "x")
+	validate := extension.New(extension.Options{}).Registry()["iscsi"]["start_iscsi_target"].Validate
+	f.Fuzz(func(t *testing.T, raw []byte, secret string) {
+		if bytes.Contains(raw, []byte("SECRET-")) {
+			return
+		}
+		var p map[string]json.RawMessage
+		if json.Unmarshal(raw, &p) != nil || p == nil {
+			return
+		}
+		s, _ := json.Marshal("SECRET-" + secret)
+		p["chap_secret"] = s
+		err := validate(p)
+		if err != nil && strings.Contains(err.Error(), "SECRET-") {
+			t.Fatalf("the error quotes the secret: %v", err)
+		}
+	})
+}

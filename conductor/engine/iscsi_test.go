@@ -309,3 +309,26 @@ func TestISCSIDeployValidation(t *testing.T) {
 		}
 	})
 }
+
+// TestISCSINodesCleanLikeDirect: cleaning is the direct interface's, on
+// heartbeats, including the lock-free progress poll.
+func TestISCSINodesCleanLikeDirect(t *testing.T) {
+	d := newISCSI(t, engine.Options{})
+	d.verb(t, "manage")
+	if err := d.eng.Provision(t.Context(), d.node.UUID, engine.ProvisionRequest{Target: "clean",
+		CleanSteps: []map[string]any{{"interface": "deploy", "step": "erase_devices", "args": map[string]any{}}}}); err != nil {
+		t.Fatal(err)
+	}
+	d.eng.Wait()
+	d.lookup(t)
+	d.heartbeat(t)
+	n := d.expect(t, node.StateCleanWait, "clean.get_clean_steps wait=true", "GET commands", "clean.execute_clean_step wait=false")
+	if n.CleanStep["step"] != "erase_devices" {
+		t.Errorf("clean_step %v", n.CleanStep)
+	}
+	d.heartbeat(t) // still running: answered by the poll
+	d.expect(t, node.StateCleanWait, "GET commands")
+	d.agent.finish("clean")
+	d.heartbeat(t)
+	d.expect(t, node.StateManageable, "GET commands")
+}
