@@ -250,7 +250,11 @@ func runOnce(ctx context.Context, cfg Config, deps Deps, log *slog.Logger) error
 	if opts.Log == nil {
 		opts.Log = log
 	}
+	if opts.ISCSIHost == "" {
+		opts.ISCSIHost = host // the conductor dials the host of the callback URL
+	}
 	ext := extension.New(opts)
+	defer ext.Close()
 
 	client := apiclient.New(res.URL, hc, apiclient.Options{UserAgent: buildinfo.UserAgent("deploy-agent"), GlobalRequestID: cfg.GlobalRequestID})
 	hbReq := api.HeartbeatRequest{CallbackURL: callback, AgentToken: token, AgentVersion: buildinfo.Version(), AgentVerifyCA: verifyCA}

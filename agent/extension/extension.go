@@ -93,6 +93,10 @@ type Options struct {
 	Inventory func(ctx context.Context) (api.Inventory, error)
 	// Logs are the sources of log.collect_system_logs.
 	Logs LogSources
+	// ISCSIHost is the address iscsi.start_iscsi_target listens on: the
+	// agent's advertised address, which the conductor dials. Empty
+	// listens on every address, as IPA did.
+	ISCSIHost string
 	// Log receives the extensions' own events.
 	Log *slog.Logger
 }
@@ -116,6 +120,9 @@ type Extensions struct {
 	written  string         // device of the last successful write
 	uuids    map[string]any // get_partition_uuids answer
 	lastNode map[string]any
+
+	iscsiMu sync.Mutex
+	target  *iscsiTarget // the running iSCSI target, if any
 }
 
 // New builds the extensions.
@@ -191,6 +198,11 @@ func (x *Extensions) Registry() cmdapi.Registry {
 		},
 		"poll": {
 			"get_hardware_info": {Run: x.getHardwareInfo},
+		},
+		"iscsi": {
+			"start_iscsi_target": {Validate: validateStart, Run: x.startISCSITarget},
+			"stop_iscsi_target":  {Run: x.stopISCSITarget},
+			"get_target_status":  {Run: x.getTargetStatus},
 		},
 	}
 }

@@ -101,7 +101,7 @@ func (c *Config) validate() error {
 	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
 		return fmt.Errorf("%w: Listen %q: %v", ErrConfig, c.Listen, err)
 	}
-	if !validIQN(c.IQN) {
+	if !ValidIQN(c.IQN) {
 		return fmt.Errorf("%w: IQN %q is not an iqn., eui. or naa. name", ErrConfig, c.IQN)
 	}
 	if (c.CHAPUser == "") != (c.CHAPSecret == "") {
@@ -157,7 +157,10 @@ func (c *Config) validate() error {
 	return nil
 }
 
-func validIQN(s string) bool {
+// ValidIQN reports whether s is usable as a target name: an iqn., eui.
+// or naa. name of 5 to 223 bytes without spaces, control characters or
+// commas.
+func ValidIQN(s string) bool {
 	if len(s) < 5 || len(s) > 223 {
 		return false
 	}
@@ -232,6 +235,22 @@ func Start(ctx context.Context, cfg Config) (*Target, error) {
 		return nil, err
 	}
 	return t, nil
+}
+
+// Device is an open disk a target serves: a block device or a file
+// (*os.File satisfies it), or a fault-injecting stand-in in tests.
+type Device interface {
+	io.ReaderAt
+	io.WriterAt
+	Sync() error
+	Close() error
+}
+
+// StartDevice is Start over a disk the caller already opened (cfg.Device
+// only names it in logs and the unit serial number); size is its size in
+// bytes. Stop syncs and closes dev; when StartDevice fails, dev stays open.
+func StartDevice(ctx context.Context, cfg Config, dev Device, size int64) (*Target, error) {
+	return start(ctx, cfg, dev, dev, size)
 }
 
 // start serves dev (closed by Stop through closer) on cfg.Listen.

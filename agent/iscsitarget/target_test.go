@@ -652,3 +652,38 @@ func TestConfigNeverShowsSecrets(t *testing.T) {
 		}
 	}
 }
+
+func TestStartDevice(t *testing.T) {
+	dev := newMemDevice(1 << 20)
+	tg, err := StartDevice(t.Context(), testConfig(t), dev, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := dialClient(t, tg.Addr().String())
+	c.loginNone()
+	c.command(1, []byte{opTestUnitReady, 0, 0, 0, 0, 0}, nil, 0)
+	if r := c.command(1, cdb10(opWrite10, 2, 1), bytes.Repeat([]byte{7}, 512), 512); r.status != iscsi.StatusGood {
+		t.Fatalf("write: %s", describe(r))
+	}
+	if err := tg.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if !dev.closed || dev.syncs == 0 || !bytes.Equal(dev.bytes(1024, 512), bytes.Repeat([]byte{7}, 512)) {
+		t.Errorf("after Stop: closed %v syncs %d", dev.closed, dev.syncs)
+	}
+
+	// A start that fails leaves the caller's device open.
+	dev2 := newMemDevice(1 << 20)
+	cfg := testConfig(t)
+	cfg.Listen = tg.Addr().String() + "x"
+	if _, err := StartDevice(t.Context(), cfg, dev2, 1<<20); err == nil {
+		t.Fatal("StartDevice with a bad listen address succeeded")
+	}
+	cfg = testConfig(t)
+	if _, err := StartDevice(t.Context(), cfg, dev2, 100); !errors.Is(err, ErrConfig) {
+		t.Fatalf("a device smaller than a block: %v", err)
+	}
+	if dev2.closed {
+		t.Error("a failed StartDevice closed the caller's device")
+	}
+}

@@ -92,6 +92,12 @@ type Config struct {
 	// IPMICipherSuites lists the RMCP+ cipher suites the ipmitool driver
 	// tries, in order, for nodes whose driver_info pins none ("17,3").
 	IPMICipherSuites string
+	// ISCSIPortalPort and ISCSIVerify configure the iscsi deploy
+	// interface: the port agents export their disk on (3260) and how
+	// much of a written image is read back (none, sampled, full); a
+	// node's driver_info iscsi_portal_port and iscsi_verify override them.
+	ISCSIPortalPort int
+	ISCSIVerify     string
 }
 
 // DefaultStateDir is /var/lib/ingot for root and the XDG state directory
@@ -151,6 +157,8 @@ func (c *Config) FlagSet(name string) *flag.FlagSet {
 	fs.Int64Var(&c.ImageCacheSize, "image-cache-size", 20<<30, "largest size of the image cache in bytes")
 	fs.StringVar(&c.ImageDownloadSource, "image-download-source", "http", "http: agents fetch images from their URLs; local: from the conductor's cache")
 	fs.StringVar(&c.IPMICipherSuites, "ipmi-cipher-suites", "17,3", "IPMI lanplus cipher suites tried in order when a node's driver_info has no ipmi_cipher_suite")
+	fs.IntVar(&c.ISCSIPortalPort, "iscsi-portal-port", 3260, "iscsi deploy interface: port agents export their disk on")
+	fs.StringVar(&c.ISCSIVerify, "iscsi-verify", "sampled", "iscsi deploy interface: read-back of written images: none, sampled or full")
 	return fs
 }
 
@@ -260,6 +268,12 @@ func (c *Config) Validate() error {
 	}
 	if _, err := c.IPMICipherSuiteList(); err != nil {
 		bad("ipmi-cipher-suites: %v", err)
+	}
+	if c.ISCSIPortalPort < 1 || c.ISCSIPortalPort > 65535 {
+		bad("iscsi-portal-port %d: want a TCP port", c.ISCSIPortalPort)
+	}
+	if c.ISCSIVerify != "none" && c.ISCSIVerify != "sampled" && c.ISCSIVerify != "full" {
+		bad("iscsi-verify %q: want none, sampled or full", c.ISCSIVerify)
 	}
 	return errors.Join(errs...)
 }

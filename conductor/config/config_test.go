@@ -44,7 +44,8 @@ func TestZeroConfigurationIsValid(t *testing.T) {
 
 func TestValidateReportsEveryProblem(t *testing.T) {
 	c, err := Load([]string{"--api-listen", "nohost", "--log-level", "loud", "--log-format", "xml", "--max-limit", "0",
-		"--database", "mysql://x", "--power-state-timeout", "-1s", "--public-url", "ftp://x"}, io.Discard)
+		"--database", "mysql://x", "--power-state-timeout", "-1s", "--public-url", "ftp://x",
+		"--iscsi-portal-port", "0", "--iscsi-verify", "twice"}, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -52,7 +53,8 @@ func TestValidateReportsEveryProblem(t *testing.T) {
 	if err == nil {
 		t.Fatal("invalid config accepted")
 	}
-	for _, want := range []string{"api-listen", "log-level", "log-format", "max-limit", "database", "power-state-timeout", "public-url"} {
+	for _, want := range []string{"api-listen", "log-level", "log-format", "max-limit", "database", "power-state-timeout", "public-url",
+		"iscsi-portal-port", "iscsi-verify"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error does not mention %s: %v", want, err)
 		}

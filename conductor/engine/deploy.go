@@ -30,6 +30,8 @@ func (e *Engine) deployInterface(n *node.Node) (deployer, error) {
 		return fakeDeploy{e: e}, nil
 	case "direct":
 		return directDeploy{e: e}, nil
+	case "iscsi":
+		return iscsiDeploy{directDeploy{e: e}}, nil
 	}
 	return nil, node.Errorf(node.ErrInvalid, "deploy interface %q of node %s is not available in this conductor", n.Interfaces.Deploy, n.UUID)
 }

@@ -261,7 +261,7 @@ func (d directDeploy) tearDownRamdisk(ctx context.Context, n *node.Node) error {
 // agent's report, so a repeated heartbeat repeats nothing.
 func (e *Engine) continueDeploy(ctx context.Context, n *node.Node, cmds []api.CommandResult) {
 	ep, ok := endpoint(n)
-	if !ok || e.opts.Agent == nil || n.Interfaces.Deploy != "direct" {
+	if !ok || e.opts.Agent == nil || !agentDriven(n) {
 		return
 	}
 	if _, cached := n.DriverInternalInfo[diCachedDeploySteps]; !cached {
@@ -331,7 +331,7 @@ func (e *Engine) runDeploySteps(ctx context.Context, n *node.Node, ep AgentEndpo
 	for idx < len(steps) {
 		st := steps[idx]
 		name := fmt.Sprint(st["step"])
-		if _, ours := conductorSteps[name]; ours && name != stepWriteImage {
+		if conductorRuns(n, name) {
 			if !e.resumeIfWaiting(ctx, n) {
 				return
 			}
@@ -340,7 +340,11 @@ func (e *Engine) runDeploySteps(ctx context.Context, n *node.Node, ep AgentEndpo
 				e.log.Error("record deploy step", "node", n.UUID, "err", err)
 				return
 			}
-			if err := e.runConductorStep(ctx, n, ep, name); err != nil {
+			if err := e.runConductorStep(ctx, n, ep, name); errors.Is(err, errRetryLater) {
+				e.log.Warn("deploy step: retrying on the next heartbeat", "node", n.UUID, "step", name, "err", err)
+				e.advance(ctx, n, node.EventWait)
+				return
+			} else if err != nil {
 				e.failDeploy(ctx, n, fmt.Sprintf("Deploy step deploy.%s failed on node %s. %v", name, n.UUID, err))
 				return
 			}
@@ -532,6 +536,8 @@ func (e *Engine) runConductorStep(ctx context.Context, n *node.Node, ep AgentEnd
 		return e.setPower(ctx, n, p, node.PowerOn, 0)
 	case stepDeploy:
 		return nil // ran when the deployment started
+	case stepWriteImage:
+		return e.iscsiWriteImage(ctx, n, ep) // conductorRuns: only under the iscsi interface
 	}
 	return fmt.Errorf("unknown conductor step %q", name)
 }
@@ -674,7 +680,7 @@ func (e *Engine) endClean(ctx context.Context, n *node.Node, ev node.Event, msg 
 // the operator's steps), then starts each step and waits for it.
 func (e *Engine) continueClean(ctx context.Context, n *node.Node, cmds []api.CommandResult) {
 	ep, ok := endpoint(n)
-	if !ok || e.opts.Agent == nil || n.Interfaces.Deploy != "direct" {
+	if !ok || e.opts.Agent == nil || !agentDriven(n) {
 		return
 	}
 	manual := n.TargetProvisionState == node.StateManageable

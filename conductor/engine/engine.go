@@ -160,6 +160,8 @@ type Options struct {
 	// or "local" (from the conductor's image cache); a node's
 	// instance_info or driver_info image_download_source overrides it.
 	ImageDownloadSource string
+	// ISCSI configures the iscsi deploy interface (iscsi.go).
+	ISCSI ISCSIOptions
 }
 
 // Engine applies provisioning to nodes.
@@ -236,6 +238,7 @@ func New(store Store, drivers Drivers, log *slog.Logger, opts Options) *Engine {
 	if opts.PostDeployPowerOffRetries == 0 {
 		opts.PostDeployPowerOffRetries = 30
 	}
+	opts.ISCSI.defaults(opts.DeployCallbackTimeout)
 	if opts.CleanStepPriorities == nil {
 		opts.CleanStepPriorities = map[string]int{stepEraseMetadata: 99, stepEraseDevices: 0}
 	}

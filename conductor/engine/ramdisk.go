@@ -207,7 +207,7 @@ func (e *Engine) processHeartbeat(ctx context.Context, n *node.Node, hb api.Hear
 // heartbeat was handled; false leaves it to the locked path, with the
 // agent's command list if it was read.
 func (e *Engine) pollRunningStep(ctx context.Context, n *node.Node, hb api.HeartbeatRequest, received time.Time) (bool, []api.CommandResult) {
-	if n.Reservation != "" || e.opts.Agent == nil || n.Interfaces.Deploy != "direct" {
+	if n.Reservation != "" || e.opts.Agent == nil || !agentDriven(n) {
 		return false, nil
 	}
 	kind, stepsKey, indexKey, current := "deploy", diDeploySteps, diDeployStepIndex, n.DeployStep
@@ -219,7 +219,7 @@ func (e *Engine) pollRunningStep(ctx context.Context, n *node.Node, hb api.Heart
 		return false, nil
 	}
 	name := fmt.Sprint(current["step"])
-	if _, ours := conductorSteps[name]; ours && name != stepWriteImage && kind == "deploy" {
+	if kind == "deploy" && conductorRuns(n, name) {
 		return false, nil
 	}
 	ep, ok := endpoint(n)

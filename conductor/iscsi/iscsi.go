@@ -25,6 +25,13 @@
 // dropped session (or fails; it never reports success it did not get),
 // and read-back verification, sampled or full.
 //
+// WriteImage is the iscsi deploy interface's whole write: it checks the
+// image (a compressed one is decoded once into nothing first, to verify
+// its checksum and learn its size), logs in with bounded retries while
+// the target is unreachable, refuses an image larger than the LUN before
+// writing anything, streams it through shared/imagestream into a Writer,
+// syncs and reads back.
+//
 // The package never logs CHAP secrets and holds no package state.
 package iscsi
 

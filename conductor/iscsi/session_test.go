@@ -537,6 +537,32 @@ func TestOpenLUN(t *testing.T) {
 	}
 }
 
+// TestSampledVerifyReadsTheLastChunk: an image that ends on a chunk
+// boundary has its last chunk submitted by WriteAt, before Sync; sampled
+// verification must still read it back.
+func TestSampledVerifyReadsTheLastChunk(t *testing.T) {
+	f := newFakeTarget(t, 2<<20)
+	w, err := NewWriter(t.Context(), f.config(), WriterOptions{ChunkSize: 64 << 10, Verify: VerifySampled, SampleEvery: 64})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	img := randomImage(t, 1<<20) // 16 chunks: only the first is sampled by count
+	if _, err := w.WriteAt(img, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	f.set(func(f *fakeTarget) { f.disk[1<<20-1] ^= 0x40 })
+	if err := w.Verify(); !errors.Is(err, ErrVerify) || !strings.Contains(err.Error(), fmt.Sprint(1<<20-64<<10)) {
+		t.Fatalf("Verify over a corrupted last chunk: %v", err)
+	}
+	if st := w.Stats(); st.Verified != 64<<10 {
+		t.Errorf("verified %d bytes before the corrupt chunk, want the first chunk's 65536", st.Verified)
+	}
+}
+
 func TestVerifyDetectsCorruption(t *testing.T) {
 	f := newFakeTarget(t, 2<<20)
 	ctx := t.Context()

@@ -19,7 +19,7 @@ const (
 	// VerifyNone records nothing; Verify does nothing.
 	VerifyNone VerifyMode = iota
 	// VerifySampled reads back the first chunk, every SampleEvery-th chunk
-	// and the last chunk.
+	// and the last chunk written.
 	VerifySampled
 	// VerifyFull reads back every chunk.
 	VerifyFull
@@ -90,6 +90,7 @@ type Writer struct {
 	inflight []*chunk
 	free     []*chunk
 	sums     map[int64]chunkSum // by byte offset
+	tail     tailSum            // the last chunk submitted, always verified
 	index    int                // chunks submitted, for sampling
 	err      error
 	stats    WriterStats
@@ -106,6 +107,15 @@ type chunk struct {
 type chunkSum struct {
 	n   int
 	crc uint32
+}
+
+// tailSum remembers the most recently submitted chunk: the image's last
+// one once Sync runs, even when it ended on a chunk boundary and was
+// submitted before Sync.
+type tailSum struct {
+	off int64
+	sum chunkSum
+	ok  bool
 }
 
 // NewWriter logs in with cfg, opens the LUN and returns a Writer that
@@ -226,6 +236,9 @@ func (w *Writer) restart(off int64) error {
 			delete(w.sums, o)
 		}
 	}
+	if w.tail.ok && w.tail.off+int64(w.tail.sum.n) > off {
+		w.tail.ok = false
+	}
 	aligned := off - off%w.bs
 	w.cur = w.newChunk(aligned)
 	if head := int(off - aligned); head > 0 {
@@ -305,6 +318,9 @@ func (w *Writer) submit(c *chunk) error {
 	w.index++
 	if c.record {
 		w.sums[c.off] = chunkSum{n: c.n, crc: proto.CRC32C(c.buf[:c.n])}
+		w.tail = tailSum{off: c.off, sum: w.sums[c.off], ok: true}
+	} else if w.opts.Verify != VerifyNone {
+		w.tail = tailSum{off: c.off, sum: chunkSum{n: c.n, crc: proto.CRC32C(c.buf[:c.n])}, ok: true}
 	}
 	w.inflight = append(w.inflight, c)
 	p, err := w.lun.SubmitWrite(w.ctx, uint64(c.off/w.bs), c.buf[:c.n])
@@ -479,6 +495,9 @@ func (w *Writer) Verify() error {
 	defer w.mu.Unlock()
 	if err := w.sync(); err != nil {
 		return err
+	}
+	if w.tail.ok {
+		w.sums[w.tail.off] = w.tail.sum
 	}
 	offs := make([]int64, 0, len(w.sums))
 	for o := range w.sums {

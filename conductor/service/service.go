@@ -190,6 +190,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Service, e
 		Images:              images,
 		ImageDownloadSource: cfg.ImageDownloadSource,
 		Booter:              booter,
+		ISCSI:               engine.ISCSIOptions{PortalPort: cfg.ISCSIPortalPort, Verify: cfg.ISCSIVerify},
 	})
 	api := httpapi.New(eng, db, log.With("component", "api"), httpapi.Options{
 		PublicURL: cfg.PublicURL,

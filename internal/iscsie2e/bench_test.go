@@ -1,20 +1,29 @@
 package iscsie2e
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"io"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
 
+	"github.com/klauspost/compress/zstd"
+
 	"github.com/ingot-dev/ingot/agent/iscsitarget"
 	"github.com/ingot-dev/ingot/conductor/iscsi"
 	"github.com/ingot-dev/ingot/internal/peertest"
 	"github.com/ingot-dev/ingot/internal/tgtd"
+	"github.com/ingot-dev/ingot/shared/api"
+	"github.com/ingot-dev/ingot/shared/imagestream"
 )
 
 const benchImage = 256 << 20
@@ -131,4 +140,110 @@ func BenchmarkISCSIWrite(b *testing.B) {
 		compare(b, qemuImg(b, qemu, src, fmt.Sprintf("iscsi://%s/%s/1", tg.Addr(), cfg.IQN)),
 			ingot(iscsi.Config{Portal: tg.Addr().String(), TargetIQN: cfg.IQN}, 1, src))
 	})
+}
+
+// BenchmarkDeployPath compares the two ways an image reaches a node's
+// disk, on the same image in the same run, alternating in every
+// iteration:
+//
+//   - direct (baseline): the agent streams the image from the conductor's
+//     image cache over HTTP onto its disk (shared/imagestream, what
+//     write_image does), then fsyncs.
+//   - iscsi: the conductor streams the image from its cache through
+//     iscsi.WriteImage (the iscsi deploy interface's write: a compressed
+//     image is decoded once into nothing first) onto the agent's target
+//     (agent/iscsitarget over the same kind of disk), syncs and reads back
+//     a sample.
+//
+// Both run over loopback into file-backed disks (page cache). The ratio
+// iscsi/direct is the iSCSI path's throughput over the direct path's:
+// below 1 means iSCSI is slower. No root or external program needed.
+func BenchmarkDeployPath(b *testing.B) {
+	raw := make([]byte, benchImage)
+	if _, err := rand.Read(raw[:benchImage/2]); err != nil { // half random, half zeros: compressible
+		b.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name  string
+		image []byte
+	}{
+		{"raw", raw},
+		{"zstd", zstdBytes(b, raw)},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				http.ServeContent(w, r, "image", time.Unix(0, 0), bytes.NewReader(tc.image))
+			}))
+			defer srv.Close()
+			sum := sha256.Sum256(tc.image)
+			info := api.ImageInfo{ID: "image", URLs: []string{srv.URL + "/image"}, OSHashAlgo: "sha256", OSHashValue: hex.EncodeToString(sum[:])}
+
+			directDisk := disk(b, 2*benchImage)
+			direct := func() error {
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+				defer cancel()
+				f, err := os.OpenFile(directDisk, os.O_RDWR, 0)
+				if err != nil {
+					return err
+				}
+				defer f.Close()
+				_, err = imagestream.Stream(ctx, info, f, imagestream.Options{Capacity: 2 * benchImage})
+				return err
+			}
+
+			iscsiDisk := disk(b, 2*benchImage)
+			creds := deployCredentials(b)
+			tcfg := iscsitarget.Config{Listen: "127.0.0.1:0", IQN: "iqn.2008-10.org.openstack:bench", Device: iscsiDisk,
+				CHAPUser: creds.User, CHAPSecret: creds.Secret}
+			tg, err := iscsitarget.Start(context.Background(), tcfg)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer tg.Stop()
+			viaISCSI := func() error {
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+				defer cancel()
+				_, err := iscsi.WriteImage(ctx, iscsi.Config{Portal: tg.Addr().String(), TargetIQN: tcfg.IQN, CHAP: creds}, info,
+					iscsi.ImageOptions{Writer: iscsi.WriterOptions{Verify: iscsi.VerifySampled}})
+				return err
+			}
+
+			var td, ti time.Duration
+			timed := func(f func() error, d *time.Duration) {
+				start := time.Now()
+				if err := f(); err != nil {
+					b.Fatal(err)
+				}
+				*d += time.Since(start)
+			}
+			n := 0
+			for b.Loop() {
+				if n%2 == 0 {
+					timed(direct, &td)
+					timed(viaISCSI, &ti)
+				} else {
+					timed(viaISCSI, &ti)
+					timed(direct, &td)
+				}
+				n++
+			}
+			b.StopTimer()
+			if prefixSum(b, iscsiDisk, benchImage) != sha256.Sum256(raw) || prefixSum(b, directDisk, benchImage) != sha256.Sum256(raw) {
+				b.Fatal("a disk does not hold the image")
+			}
+			mib := float64(benchImage) * float64(n) / (1 << 20)
+			b.ReportMetric(mib/td.Seconds(), "direct-MiB/s")
+			b.ReportMetric(mib/ti.Seconds(), "iscsi-MiB/s")
+			b.ReportMetric(td.Seconds()/ti.Seconds(), "iscsi/direct")
+		})
+	}
+}
+
+func zstdBytes(b *testing.B, raw []byte) []byte {
+	enc, err := zstd.NewWriter(nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer enc.Close()
+	return enc.EncodeAll(raw, nil)
 }
