@@ -148,6 +148,11 @@ func newEnv(t *testing.T, args ...string) *env {
 
 func (e *env) addNode(firmware string) (*vmrig.Node, string) {
 	e.t.Helper()
+	return e.addNodeWith(firmware, "direct")
+}
+
+func (e *env) addNodeWith(firmware, deploy string) (*vmrig.Node, string) {
+	e.t.Helper()
 	ctx := e.t.Context()
 	n, err := e.rig.AddNode(ctx, vmrig.NodeOptions{Firmware: firmware})
 	if err != nil {
@@ -159,7 +164,7 @@ func (e *env) addNode(firmware string) (*vmrig.Node, string) {
 		}
 	})
 	uuid, err := e.cond.Client.CreateNode(ctx, map[string]any{"name": n.Name, "driver": "ipmi",
-		"boot_interface": "ipxe", "deploy_interface": "direct", "network_interface": "noop",
+		"boot_interface": "ipxe", "deploy_interface": deploy, "network_interface": "noop",
 		"driver_info": n.DriverInfo(), "properties": map[string]any{"capabilities": "boot_mode:" + firmware}})
 	if err != nil {
 		e.t.Fatal(err)
@@ -199,6 +204,35 @@ func deref(s *string) string {
 	return *s
 }
 
+// bootsImage checks that the node booted the deployed image (its marker on
+// the console after offset) and that the disk holds the image.
+func (e *env) bootsImage(n *vmrig.Node, offset int64, firmware string) {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(e.t.Context(), 2*time.Minute)
+	defer cancel()
+	if err := n.WaitSerial(ctx, offset, testimage.Marker(e.a.imageID, firmware)); err != nil {
+		e.t.Fatal(err)
+	}
+	raw, err := os.ReadFile(e.a.imageRaw)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	disk, err := os.Open(n.Disk)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer disk.Close()
+	got := make([]byte, len(raw))
+	if _, err := io.ReadFull(disk, got); err != nil {
+		e.t.Fatal(err)
+	}
+	// UEFI firmware writes boot variables, not the disk; the image's
+	// bytes must all be there either way.
+	if !bytes.Equal(got, raw) {
+		e.t.Error("the disk does not hold the image")
+	}
+}
+
 // TestE2EDeploy takes a BIOS and a UEFI node through Ironic's whole
 // lifecycle: manage, provide (cleaning boots the agent), deploy (the agent
 // writes the image), the node boots its own disk, undeploy.
@@ -220,30 +254,30 @@ func TestE2EDeploy(t *testing.T) {
 			off := n.SerialSize()
 			e.provision(uuid, "active")
 			e.wait(uuid, 3*time.Minute, "active")
-			ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
-			defer cancel()
-			if err := n.WaitSerial(ctx, off, testimage.Marker(e.a.imageID, fw)); err != nil {
-				t.Fatal(err)
-			}
-			raw, err := os.ReadFile(e.a.imageRaw)
-			if err != nil {
-				t.Fatal(err)
-			}
-			disk, err := os.Open(n.Disk)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer disk.Close()
-			got := make([]byte, len(raw))
-			if _, err := io.ReadFull(disk, got); err != nil {
-				t.Fatal(err)
-			}
-			if fw == "bios" && !bytes.Equal(got, raw) {
-				t.Error("the disk does not hold the image")
-			}
+			e.bootsImage(n, off, fw)
 			e.provision(uuid, "deleted")
 			e.wait(uuid, 3*time.Minute, "available")
 		})
+	}
+}
+
+// TestE2EISCSIDeploy deploys through the iSCSI fallback: the agent
+// exports its disk, the conductor writes the image over iSCSI from its
+// own cache, and the node boots the result.
+func TestE2EISCSIDeploy(t *testing.T) {
+	e := newEnv(t, "--automated-clean=false")
+	n, uuid := e.addNodeWith("bios", "iscsi")
+	e.provision(uuid, "manage")
+	e.wait(uuid, time.Minute, "manageable")
+	e.provision(uuid, "provide")
+	e.wait(uuid, time.Minute, "available")
+	e.setImage(uuid, "file://"+e.a.imageZst, e.a.imageSum)
+	off := n.SerialSize()
+	e.provision(uuid, "active")
+	e.wait(uuid, 3*time.Minute, "active")
+	e.bootsImage(n, off, "bios")
+	if b, _ := os.ReadFile(e.cond.Log); bytes.Contains(b, []byte("chap_secret\":\"")) {
+		t.Error("the conductor logged a CHAP secret")
 	}
 }
 
