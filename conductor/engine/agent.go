@@ -61,6 +61,7 @@ const (
 	diCachedCleanSteps  = "agent_cached_clean_steps"
 	diHWManagerVersion  = "hardware_manager_version"
 	diDeployProgress    = "deploy_progress"
+	diImageWrite        = "image_write" // what the agent reported of the last image write
 	diRootUUID          = "root_uuid_or_disk_id"
 	diWholeDisk         = "is_whole_disk_image"
 	diDeployBootMode    = "deploy_boot_mode"

@@ -371,6 +371,11 @@ func (e *Engine) runDeploySteps(ctx context.Context, n *node.Node, ep AgentEndpo
 			idx++
 			setInternal(n, diDeployStepIndex, idx)
 			setInternal(n, diDeployProgress, nil)
+			if name == stepWriteImage {
+				if w := imageWriteOf(cmd); w != nil {
+					setInternal(n, diImageWrite, w)
+				}
+			}
 			continue
 		}
 		// Not started: start it, then wait for the agent to call back.
@@ -499,6 +504,38 @@ func (e *Engine) recordProgress(ctx context.Context, n *node.Node, step string, 
 	if err := e.save(ctx, n); err != nil {
 		e.log.Warn("record deploy progress", "node", n.UUID, "err", err)
 	}
+}
+
+// imageWriteOf reads what an Ingot agent reports of a finished write_image
+// (bytes, seconds, format, resumes, checksum) for
+// driver_internal_info.image_write; nil for an agent that reports nothing
+// (IPA answers null).
+func imageWriteOf(cmd *api.CommandResult) map[string]any {
+	if cmd == nil || len(cmd.CommandResult) == 0 {
+		return nil
+	}
+	var res struct {
+		DeployResult *struct {
+			Bytes    int64   `json:"bytes"`
+			Seconds  float64 `json:"seconds"`
+			Format   string  `json:"format"`
+			Resumes  int     `json:"resumes"`
+			Algo     string  `json:"checksum_algo"`
+			Checksum string  `json:"checksum"`
+		} `json:"deploy_result"`
+	}
+	if json.Unmarshal(cmd.CommandResult, &res) != nil || res.DeployResult == nil || res.DeployResult.Bytes <= 0 {
+		return nil
+	}
+	r := res.DeployResult
+	w := map[string]any{"bytes": r.Bytes, "seconds": r.Seconds, "format": r.Format, "resumes": r.Resumes}
+	if r.Seconds > 0 {
+		w["bytes_per_second"] = int64(float64(r.Bytes) / r.Seconds)
+	}
+	if r.Algo != "" && r.Checksum != "" {
+		w["checksum"] = r.Algo + ":" + r.Checksum
+	}
+	return w
 }
 
 // progressOf renders an agent's progress for driver_internal_info.

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 
 	"github.com/ingot-dev/ingot/conductor/engine"
 	"github.com/ingot-dev/ingot/conductor/node"
@@ -95,6 +96,21 @@ func (a *scriptedAgent) finish(kind string) {
 		}
 	}
 	panic("no running " + kind + " step")
+}
+
+// finishWith marks the running deploy step succeeded with a deploy_result.
+func (a *scriptedAgent) finishWith(result string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for i := len(a.cmds) - 1; i >= 0; i-- {
+		c := &a.cmds[i]
+		if c.CommandName == "execute_deploy_step" && c.CommandStatus == api.StatusRunning {
+			c.CommandStatus, c.Progress = api.StatusSucceeded, nil
+			c.CommandResult = json.RawMessage(`{"deploy_result":` + result + `,"deploy_step":{"step":"write_image","interface":"deploy"}}`)
+			return
+		}
+	}
+	panic("no running deploy step")
 }
 
 // progress sets the running step's progress.
@@ -374,6 +390,37 @@ func TestProgressIsPolledBetweenHeartbeats(t *testing.T) {
 	d.eng.PollProgress(t.Context())
 	if n = d.expect(t, node.StateDeployWait, "GET commands"); n.Version != version {
 		t.Errorf("a finished step's poll wrote the node (version %d -> %d)", version, n.Version)
+	}
+}
+
+// TestImageWriteIsRecorded keeps what an Ingot agent reports of the
+// finished write (IPA reports null: nothing is recorded).
+func TestImageWriteIsRecorded(t *testing.T) {
+	for _, tc := range []struct {
+		name, result string
+		want         map[string]any
+	}{
+		{name: "ingot agent", result: `{"device":"/dev/vda","bytes":67108864,"format":"zstd","checksum_algo":"sha256","checksum":"ab12","resumes":1,"seconds":2}`,
+			want: map[string]any{"bytes": 67108864.0, "seconds": 2.0, "format": "zstd", "resumes": 1.0,
+				"bytes_per_second": 33554432.0, "checksum": "sha256:ab12"}},
+		{name: "ipa", result: `null`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d := newDirect(t, engine.Options{})
+			d.verb(t, "active")
+			d.lookup(t)
+			d.heartbeat(t)
+			d.agent.finishWith(tc.result)
+			d.heartbeat(t)
+			n := d.get(t, d.node.UUID)
+			if n.ProvisionState != node.StateActive {
+				t.Fatalf("state %s (%s)", n.ProvisionState, n.LastError)
+			}
+			got, _ := n.DriverInternalInfo["image_write"].(map[string]any)
+			if diff := cmp.Diff(tc.want, got, cmpopts.EquateEmpty()); diff != "" {
+				t.Errorf("image_write (-want +got):\n%s", diff)
+			}
+		})
 	}
 }
 

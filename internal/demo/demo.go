@@ -167,6 +167,14 @@ func Run(ctx context.Context, o Options) (sum Summary, err error) {
 	}
 	p.onProgress = nil
 	sum.WriteMiBps = lastRate / (1 << 20)
+	if st, err := c.Node(ctx, uuid); err == nil {
+		if w, ok := st.DriverInternalInfo["image_write"].(map[string]any); ok {
+			if r, ok := w["bytes_per_second"].(float64); ok && r > 0 {
+				sum.WriteMiBps = r / (1 << 20) // the agent's figure for the whole write
+			}
+			p.info("image written: %v", w)
+		}
+	}
 
 	p.step("waiting for the node to boot the disk Ingot wrote")
 	bctx, cancel := context.WithTimeout(ctx, 3*time.Minute)

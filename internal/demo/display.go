@@ -97,9 +97,9 @@ func (s Summary) Print(w io.Writer) {
 	row("manage + provide (with cleaning)", dur(s.Enroll))
 	row("power on → first agent lookup", dur(s.PowerOnToLookup))
 	if s.WriteMiBps > 0 {
-		row("image write throughput", fmt.Sprintf("%.1f MiB/s (the agent's measurement)", s.WriteMiBps))
+		row("image write throughput", fmt.Sprintf("%.1f MiB/s (download, decompress, verify, write; the agent's figure)", s.WriteMiBps))
 	} else {
-		row("image write throughput", "not sampled (the write finished between progress polls)")
+		row("image write throughput", "not reported")
 	}
 	row("PXE (power on) → active", dur(s.PXEToActive))
 	row("power on from disk → image booted", dur(s.BootedFromDisk))
