@@ -24,7 +24,13 @@ case $flavor in
 esac
 
 meta=linux-image-$flavor
-pkg=$(apt-cache depends "$meta" 2>/dev/null | awk '/Depends: linux-image-/{print $2; exit}')
+find_pkg() { apt-cache depends "$meta" 2>/dev/null | awk '/Depends: linux-image-/{print $2; exit}'; }
+pkg=$(find_pkg)
+if [ -z "$pkg" ] && [ "$(id -u)" = 0 ]; then
+  # A fresh machine may have no package lists yet.
+  apt-get -q -o DPkg::Lock::Timeout=600 update >&2
+  pkg=$(find_pkg)
+fi
 if [ -z "$pkg" ]; then
   echo "fetch-kernel: apt knows no $meta; run apt-get update" >&2
   exit 1
