@@ -24,6 +24,7 @@ import (
 	"github.com/ingot-dev/ingot/conductor/pxe"
 	"github.com/ingot-dev/ingot/internal/netnstest"
 	"github.com/ingot-dev/ingot/internal/peertest"
+	"github.com/ingot-dev/ingot/internal/vmtest"
 )
 
 const (
@@ -491,24 +492,11 @@ func (r *bootRig) runVM(t *testing.T, qemu string, v vm) string {
 	}
 }
 
-// fetchKernel runs the project's kernel fetch script (the cache lives in
-// build/kernel at the repository root).
+// fetchKernel returns Debian's cloud kernel (scripts/fetch-kernel.sh,
+// cached in build/kernel).
 func fetchKernel(t *testing.T) string {
 	t.Helper()
-	peertest.Binary(t, "apt-get", "apt")
-	peertest.Binary(t, "dpkg-deb", "dpkg")
-	root, err := filepath.Abs("../..")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.CommandContext(t.Context(), filepath.Join(root, "scripts", "fetch-kernel.sh"), filepath.Join(root, "build", "kernel"))
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		peertest.Missing(t, "Debian's cloud kernel ("+err.Error()+": "+stderr.String()+")", "scripts/fetch-kernel.sh needs apt access")
-	}
-	return strings.TrimSpace(string(out))
+	return vmtest.Kernel(t, "cloud-amd64")
 }
 
 // buildConductor builds the conductor binary that ships.
