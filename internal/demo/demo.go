@@ -109,7 +109,7 @@ func Run(ctx context.Context, o Options) (sum Summary, err error) {
 		return sum, err
 	}
 	defer func() {
-		if err != nil {
+		if err != nil && ctx.Err() == nil {
 			b, _ := os.ReadFile(cond.Log)
 			fmt.Fprintf(o.Out, "\nconductor log (last lines):\n%s\n", lastLines(string(b), 25))
 		}
@@ -119,7 +119,7 @@ func Run(ctx context.Context, o Options) (sum Summary, err error) {
 		return sum, err
 	}
 	defer func() {
-		if err != nil {
+		if err != nil && ctx.Err() == nil {
 			fmt.Fprintf(o.Out, "\nnode console (last lines):\n%s\n", lastLines(n.SerialLog(), 25))
 		}
 	}()
