@@ -638,3 +638,65 @@ func TestBootloaderFailureOfAWholeDiskImageIsAWarning(t *testing.T) {
 		t.Errorf("state %q last_error %q warning %v", n.ProvisionState, n.LastError, n.DriverInternalInfo["bootloader_warning"])
 	}
 }
+
+// countingAgent reports a running write_image on every endpoint and
+// counts the command-list requests per endpoint.
+type countingAgent struct {
+	scriptedAgent
+	mu   sync.Mutex
+	seen map[string]int
+}
+
+func (c *countingAgent) Commands(_ context.Context, ep engine.AgentEndpoint) ([]api.CommandResult, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.seen == nil {
+		c.seen = map[string]int{}
+	}
+	c.seen[ep.URL]++
+	return []api.CommandResult{{ID: "1", CommandName: "execute_deploy_step", CommandStatus: api.StatusRunning,
+		Progress: &api.Progress{Bytes: int64(c.seen[ep.URL]) << 20}}}, nil
+}
+
+// TestProgressPollingIsBatched: with more nodes writing than a round's
+// batch, a round asks at most the batch, and successive rounds reach every
+// node.
+func TestProgressPollingIsBatched(t *testing.T) {
+	a := &countingAgent{}
+	e := newEnv(t, false, engine.Options{Agent: a})
+	const nodes = 150
+	db := e.db
+	for i := range nodes {
+		n := &node.Node{UUID: fmt.Sprintf("00000000-0000-4000-8000-%012d", i), Name: fmt.Sprintf("n%d", i),
+			Driver: "fake-hardware", Interfaces: node.Interfaces{Deploy: "direct"},
+			ProvisionState: node.StateDeployWait, DeployStep: map[string]any{"step": "write_image", "interface": "deploy"},
+			DriverInternalInfo: map[string]any{"agent_url": fmt.Sprintf("http://10.0.%d.%d:9999", i/250, i%250),
+				"agent_secret_token": "t"}}
+		if err := db.CreateNode(t.Context(), n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	total := func() (calls, endpoints int) {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		for _, c := range a.seen {
+			calls += c
+		}
+		return calls, len(a.seen)
+	}
+	e.eng.PollProgress(t.Context())
+	if calls, _ := total(); calls != 100 {
+		t.Errorf("first round asked %d agents, want the batch of 100", calls)
+	}
+	e.eng.PollProgress(t.Context())
+	if calls, eps := total(); calls != 200 || eps != nodes {
+		t.Errorf("two rounds asked %d agents, %d distinct; want 200 and all %d", calls, eps, nodes)
+	}
+	n, err := db.GetNode(t.Context(), "n7")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p, _ := n.DriverInternalInfo["deploy_progress"].(map[string]any); p == nil || p["step"] != "write_image" {
+		t.Errorf("n7's progress was not recorded: %v", n.DriverInternalInfo)
+	}
+}

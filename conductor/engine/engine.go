@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ingot-dev/ingot/conductor/node"
@@ -174,6 +175,8 @@ type Engine struct {
 
 	tasks    chan task
 	inflight sync.WaitGroup
+	// progressCursor rotates PollProgress through large fleets.
+	progressCursor atomic.Int64
 }
 
 type task struct {

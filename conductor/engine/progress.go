@@ -4,13 +4,22 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"sync"
 
 	"github.com/ingot-dev/ingot/conductor/node"
 )
 
-// progressPollers bounds how many agents PollProgress asks at once.
-const progressPollers = 16
+// progressPollers bounds how many agents PollProgress asks at once, and
+// progressBatch how many it asks per round: with more nodes writing, a
+// round asks the next batch in turn, so the extra load stays under
+// progressBatch requests per interval however large the fleet (heartbeats
+// still report every node's progress).
+const (
+	progressPollers = 16
+	progressBatch   = 100
+)
 
 // PollProgress asks the agent of every node that waits on an agent deploy
 // step (write_image) how far it got, and records the answer in
@@ -28,17 +37,26 @@ func (e *Engine) PollProgress(ctx context.Context) {
 		e.log.Warn("poll deploy progress", "err", err)
 		return
 	}
-	sem := make(chan struct{}, progressPollers)
-	var wg sync.WaitGroup
+	var writing []*node.Node
 	for _, n := range nodes {
 		name, _ := n.DeployStep["step"].(string)
 		if _, ours := conductorSteps[name]; name == "" || n.Reservation != "" || (ours && name != stepWriteImage) {
 			continue
 		}
-		ep, ok := endpoint(n)
-		if !ok {
-			continue
+		if _, ok := endpoint(n); ok {
+			writing = append(writing, n)
 		}
+	}
+	if len(writing) > progressBatch {
+		slices.SortFunc(writing, func(a, b *node.Node) int { return strings.Compare(a.UUID, b.UUID) })
+		start := int(e.progressCursor.Add(progressBatch)-progressBatch) % len(writing)
+		writing = append(writing[start:], writing[:start]...)[:progressBatch]
+	}
+	sem := make(chan struct{}, progressPollers)
+	var wg sync.WaitGroup
+	for _, n := range writing {
+		name, _ := n.DeployStep["step"].(string)
+		ep, _ := endpoint(n)
 		wg.Go(func() {
 			sem <- struct{}{}
 			defer func() { <-sem }()
