@@ -14,15 +14,12 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
 
-	"golang.org/x/sys/unix"
-
+	"github.com/ingot-dev/ingot/internal/netns"
 	"github.com/ingot-dev/ingot/internal/peertest"
 )
 
@@ -93,32 +90,7 @@ func (ns *NS) Command(ctx context.Context, name string, args ...string) *exec.Cm
 // namespace: sockets f opens belong to it, and stay in it when used from
 // other goroutines. The thread is never switched back; it ends with f.
 // The returned channel yields f's error.
-func (ns *NS) Go(f func() error) <-chan error {
-	done := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread() // not unlocked: the thread dies with the goroutine
-		if unix.Gettid() == unix.Getpid() {
-			// The main thread is never terminated, so it must not
-			// enter the namespace: hold it while another thread does.
-			done <- <-ns.Go(f)
-			runtime.UnlockOSThread()
-			return
-		}
-		fd, err := unix.Open(filepath.Join("/var/run/netns", ns.Name), unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			done <- fmt.Errorf("open namespace %s: %w", ns.Name, err)
-			return
-		}
-		err = unix.Setns(fd, unix.CLONE_NEWNET)
-		unix.Close(fd)
-		if err != nil {
-			done <- fmt.Errorf("enter namespace %s: %w", ns.Name, err)
-			return
-		}
-		done <- f()
-	}()
-	return done
-}
+func (ns *NS) Go(f func() error) <-chan error { return netns.Go(ns.Name, f) }
 
 // Do runs f inside the namespace and waits for it.
 func (ns *NS) Do(f func() error) error { return <-ns.Go(f) }

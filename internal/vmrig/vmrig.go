@@ -22,14 +22,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
+	"github.com/ingot-dev/ingot/internal/netns"
 )
 
 // Options configure a rig.
@@ -188,34 +187,8 @@ func (r *Rig) Listen(network, addr string) (net.Listener, error) {
 	return l, err
 }
 
-// inNS runs f on an OS thread that entered the namespace; the thread is
-// never switched back and ends with f.
-func (r *Rig) inNS(f func() error) error {
-	done := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread() // not unlocked: the thread dies with the goroutine
-		if unix.Gettid() == unix.Getpid() {
-			// The main thread never ends, so it must not enter the
-			// namespace: hold it while another thread does.
-			done <- r.inNS(f)
-			runtime.UnlockOSThread()
-			return
-		}
-		fd, err := unix.Open(filepath.Join("/var/run/netns", r.NS), unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			done <- fmt.Errorf("open namespace %s: %w", r.NS, err)
-			return
-		}
-		err = unix.Setns(fd, unix.CLONE_NEWNET)
-		unix.Close(fd)
-		if err != nil {
-			done <- fmt.Errorf("enter namespace %s: %w", r.NS, err)
-			return
-		}
-		done <- f()
-	}()
-	return <-done
-}
+// inNS runs f on an OS thread that entered the namespace.
+func (r *Rig) inNS(f func() error) error { return netns.Do(r.NS, f) }
 
 // HTTPClient returns a client whose connections start inside the
 // namespace, to reach the conductor there.
