@@ -337,8 +337,22 @@ func TestInteropQemuImgQcow2(t *testing.T) {
 			return b
 		}},
 		{"encrypted", "encrypted", func(t *testing.T) []byte {
-			run(t, dir, qemuImg, "create", "-q", "-f", "qcow2", "--object", "secret,id=s0,data=pw",
-				"-o", "encrypt.format=luks,encrypt.key-secret=s0", "enc.qcow2", "4M")
+			// LUKS creation times its key derivation by the thread's CPU
+			// clock, which a loaded machine sometimes fails to read
+			// ("Unable to get accurate CPU usage"): try a few times.
+			var out []byte
+			var err error
+			for range 5 {
+				cmd := exec.CommandContext(t.Context(), qemuImg, "create", "-q", "-f", "qcow2", "--object", "secret,id=s0,data=pw",
+					"-o", "encrypt.format=luks,encrypt.key-secret=s0", "enc.qcow2", "4M")
+				cmd.Dir = dir
+				if out, err = cmd.CombinedOutput(); err == nil {
+					break
+				}
+			}
+			if err != nil {
+				t.Fatalf("qemu-img create (LUKS): %v: %s", err, out)
+			}
 			b, err := os.ReadFile(filepath.Join(dir, "enc.qcow2"))
 			if err != nil {
 				t.Fatal(err)
