@@ -76,68 +76,14 @@ func TestInteropFullDeployWithoutAVM(t *testing.T) {
 	url := startFastConductor(t)
 
 	const mac = "52:54:00:6b:00:01"
-	disk := filepath.Join(work, "disk.img")
-	if err := os.WriteFile(disk, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	// Sparse, and at least 4 GiB: with no root device hints the agent
-	// takes the smallest disk of 4 GiB or more, as IPA does.
-	const diskSize = 5 << 30
-	if err := os.Truncate(disk, diskSize); err != nil {
-		t.Fatal(err)
-	}
-	// An old GPT signature at both ends, so cleaning has metadata to wipe.
-	f, _ := os.OpenFile(disk, os.O_RDWR, 0)
-	f.WriteAt([]byte("EFI PART"), 512)
-	f.WriteAt([]byte("EFI PART"), diskSize-512)
-	f.Close()
-
-	raw := make([]byte, 9<<20+1234) // not a multiple of the block size
-	r := rand.New(rand.NewPCG(7, 7))
-	for i := range raw {
-		if i%4096 < 2048 {
-			raw[i] = byte(r.Uint32())
-		}
-	}
+	m := newProcMachine(t, work, agent, url, mac)
+	raw, image, zsum := writeTestImage(t, work, "image.raw.zst", 9<<20+1234, 7,
+		func(w io.Writer) io.WriteCloser { zw, _ := zstd.NewWriter(w); return zw })
 	sum := sha256.Sum256(raw)
-	var zbuf bytes.Buffer
-	zw, _ := zstd.NewWriter(&zbuf)
-	zw.Write(raw)
-	zw.Close()
-	image := filepath.Join(work, "image.raw.zst")
-	os.WriteFile(image, zbuf.Bytes(), 0o600)
-	zsum := sha256.Sum256(zbuf.Bytes())
-
-	nodeDir := filepath.Join(work, "node")
-	os.MkdirAll(nodeDir, 0o755)
-	vm := fmt.Sprintf(`#!/bin/sh
-# A machine: PXE boots the deploy agent, the disk boots "the OS".
-if [ "$INGOT_BOOT_ORDER" = n ]; then
-	exec %s --cmdline= --api-url %s --bootif %s --listen-host 127.0.0.1 --listen-port 0 \
-		--disk %s --power exit --min-forced-heartbeat 200ms --retry-pause 1s
-fi
-echo "booted from disk"
-exec sleep 3600
-`, agent, url, mac, disk)
-	if err := os.WriteFile(filepath.Join(nodeDir, "vm"), []byte(vm), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	bmc := ipmisim.Start(t, ipmisim.Options{NodeDir: nodeDir})
-	t.Cleanup(func() {
-		if b, err := os.ReadFile(filepath.Join(nodeDir, "vm.log")); err == nil && t.Failed() {
-			t.Logf("the machine's log (agent and OS):\n%s", b)
-		}
-	})
+	disk, nodeDir, bmc := m.disk, m.nodeDir, m.bmc
 
 	cli := func(args ...string) string { return baremetal(t, bm, url, args...) }
-	di := bmc.DriverInfo()
-	uuid := cli("node", "create", "--driver", "ipmi", "--name", "procnode", "--deploy-interface", "direct",
-		"--boot-interface", "fake", "--network-interface", "noop",
-		"--driver-info", "ipmi_address="+di["ipmi_address"].(string),
-		"--driver-info", fmt.Sprintf("ipmi_port=%d", bmc.Port),
-		"--driver-info", "ipmi_username="+bmc.User, "--driver-info", "ipmi_password="+bmc.Password,
-		"--driver-info", "ipmi_cipher_suite=3", "-f", "value", "-c", "uuid")
-	cli("port", "create", mac, "--node", uuid)
+	m.enroll(t, cli, "procnode", "--deploy-interface", "direct")
 	start := time.Now()
 	cli("node", "manage", "procnode", "--wait", "60")
 	cli("node", "provide", "procnode", "--wait", "120") // automated cleaning boots the agent
@@ -149,11 +95,7 @@ exec sleep 3600
 	start = time.Now()
 	cli("node", "deploy", "procnode", "--wait", "120")
 	t.Logf("deploy: %s", time.Since(start).Round(time.Millisecond))
-	got := make([]byte, len(raw))
-	f, _ = os.Open(disk)
-	io.ReadFull(f, got)
-	f.Close()
-	if gs := sha256.Sum256(got); gs != sum {
+	if gs := m.diskSum(t, len(raw)); gs != sum {
 		t.Errorf("disk region sha256 %x, want the image's %x", gs, sum)
 	}
 	var shown map[string]any
@@ -180,6 +122,114 @@ exec sleep 3600
 			t.Errorf("the BMC never saw %q:\n%s", want, calls)
 		}
 	}
+}
+
+// procMachine is a machine made of processes: a sparse file-backed disk
+// carrying old GPT headers (so cleaning has metadata to wipe), and a BMC
+// (ipmi_sim) whose chassis hook starts our real agent when the boot
+// device is PXE and a stand-in OS when it is the disk.
+type procMachine struct {
+	mac, disk, nodeDir string
+	bmc                *ipmisim.Sim
+}
+
+func newProcMachine(t *testing.T, work, agent, url, mac string) *procMachine {
+	t.Helper()
+	m := &procMachine{mac: mac, disk: filepath.Join(work, "disk.img"), nodeDir: filepath.Join(work, "node")}
+	if err := os.WriteFile(m.disk, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// Sparse, and at least 4 GiB: with no root device hints the agent
+	// takes the smallest disk of 4 GiB or more, as IPA does.
+	const diskSize = 5 << 30
+	if err := os.Truncate(m.disk, diskSize); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(m.disk, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteAt([]byte("EFI PART"), 512)
+	f.WriteAt([]byte("EFI PART"), diskSize-512)
+	f.Close()
+	if err := os.MkdirAll(m.nodeDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	vm := fmt.Sprintf(`#!/bin/sh
+# A machine: PXE boots the deploy agent, the disk boots "the OS".
+if [ "$INGOT_BOOT_ORDER" = n ]; then
+	exec %s --cmdline= --api-url %s --bootif %s --listen-host 127.0.0.1 --listen-port 0 \
+		--disk %s --power exit --min-forced-heartbeat 200ms --retry-pause 1s
+fi
+echo "booted from disk"
+exec sleep 3600
+`, agent, url, mac, m.disk)
+	if err := os.WriteFile(filepath.Join(m.nodeDir, "vm"), []byte(vm), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	m.bmc = ipmisim.Start(t, ipmisim.Options{NodeDir: m.nodeDir})
+	t.Cleanup(func() {
+		if b, err := os.ReadFile(filepath.Join(m.nodeDir, "vm.log")); err == nil && t.Failed() {
+			t.Logf("the machine's log (agent and OS):\n%s", b)
+		}
+	})
+	return m
+}
+
+// enroll creates the machine's node (ipmi hardware type, fake boot, noop
+// network) and its port with the baremetal CLI, and returns its UUID.
+func (m *procMachine) enroll(t *testing.T, cli func(...string) string, name string, extra ...string) string {
+	t.Helper()
+	di := m.bmc.DriverInfo()
+	args := append([]string{"node", "create", "--driver", "ipmi", "--name", name,
+		"--boot-interface", "fake", "--network-interface", "noop",
+		"--driver-info", "ipmi_address=" + di["ipmi_address"].(string),
+		"--driver-info", fmt.Sprintf("ipmi_port=%d", m.bmc.Port),
+		"--driver-info", "ipmi_username=" + m.bmc.User, "--driver-info", "ipmi_password=" + m.bmc.Password,
+		"--driver-info", "ipmi_cipher_suite=3", "-f", "value", "-c", "uuid"}, extra...)
+	uuid := cli(args...)
+	cli("port", "create", m.mac, "--node", uuid)
+	return uuid
+}
+
+// diskSum is the sha256 of the disk's first n bytes.
+func (m *procMachine) diskSum(t *testing.T, n int) [32]byte {
+	t.Helper()
+	f, err := os.Open(m.disk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	got := make([]byte, n)
+	if _, err := io.ReadFull(f, got); err != nil {
+		t.Fatal(err)
+	}
+	return sha256.Sum256(got)
+}
+
+// writeTestImage writes a size-byte image (half random, half zero in each
+// 4 KiB block) compressed by compress into work/name, and returns the raw
+// bytes, the file and the compressed file's sha256.
+func writeTestImage(t *testing.T, work, name string, size int, seed uint64, compress func(io.Writer) io.WriteCloser) ([]byte, string, [32]byte) {
+	t.Helper()
+	raw := make([]byte, size)
+	r := rand.New(rand.NewPCG(seed, seed))
+	for i := range raw {
+		if i%4096 < 2048 {
+			raw[i] = byte(r.Uint32())
+		}
+	}
+	var zbuf bytes.Buffer
+	zw := compress(&zbuf)
+	zw.Write(raw)
+	if err := zw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	image := filepath.Join(work, name)
+	if err := os.WriteFile(image, zbuf.Bytes(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return raw, image, sha256.Sum256(zbuf.Bytes())
 }
 
 // assertWiped checks both GPT headers and the first MiB are gone.

@@ -3,14 +3,11 @@
 package service_test
 
 import (
-	"bytes"
 	"compress/gzip"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"fmt"
 	"io"
-	"math/rand/v2"
 	"net"
 	"os"
 	"path/filepath"
@@ -19,7 +16,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ingot-dev/ingot/conductor/power/ipmisim"
 	"github.com/ingot-dev/ingot/internal/peertest"
 )
 
@@ -40,65 +36,14 @@ func TestInteropISCSIDeployWithoutAVM(t *testing.T) {
 	url := startFastConductor(t, "--iscsi-portal-port", strconv.Itoa(portal), "--iscsi-verify", "full")
 
 	const mac = "52:54:00:6b:00:02"
-	disk := filepath.Join(work, "disk.img")
-	if err := os.WriteFile(disk, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	const diskSize = 5 << 30 // sparse; the smallest disk of 4 GiB or more
-	if err := os.Truncate(disk, diskSize); err != nil {
-		t.Fatal(err)
-	}
-	f, _ := os.OpenFile(disk, os.O_RDWR, 0)
-	f.WriteAt([]byte("EFI PART"), 512)
-	f.WriteAt([]byte("EFI PART"), diskSize-512)
-	f.Close()
-
-	raw := make([]byte, 11<<20+4321) // not a multiple of the block size
-	r := rand.New(rand.NewPCG(9, 9))
-	for i := range raw {
-		if i%4096 < 2048 {
-			raw[i] = byte(r.Uint32())
-		}
-	}
+	m := newProcMachine(t, work, agent, url, mac)
+	raw, image, zsum := writeTestImage(t, work, "image.raw.gz", 11<<20+4321, 9, // not a multiple of the block size
+		func(w io.Writer) io.WriteCloser { return gzip.NewWriter(w) })
 	sum := sha256.Sum256(raw)
-	var zbuf bytes.Buffer
-	zw := gzip.NewWriter(&zbuf)
-	zw.Write(raw)
-	zw.Close()
-	image := filepath.Join(work, "image.raw.gz")
-	os.WriteFile(image, zbuf.Bytes(), 0o600)
-	zsum := sha256.Sum256(zbuf.Bytes())
-
-	nodeDir := filepath.Join(work, "node")
-	os.MkdirAll(nodeDir, 0o755)
-	vm := fmt.Sprintf(`#!/bin/sh
-# A machine: PXE boots the deploy agent, the disk boots "the OS".
-if [ "$INGOT_BOOT_ORDER" = n ]; then
-	exec %s --cmdline= --api-url %s --bootif %s --listen-host 127.0.0.1 --listen-port 0 \
-		--disk %s --power exit --min-forced-heartbeat 200ms --retry-pause 1s
-fi
-echo "booted from disk"
-exec sleep 3600
-`, agent, url, mac, disk)
-	if err := os.WriteFile(filepath.Join(nodeDir, "vm"), []byte(vm), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	bmc := ipmisim.Start(t, ipmisim.Options{NodeDir: nodeDir})
-	t.Cleanup(func() {
-		if b, err := os.ReadFile(filepath.Join(nodeDir, "vm.log")); err == nil && t.Failed() {
-			t.Logf("the machine's log (agent and OS):\n%s", b)
-		}
-	})
+	disk, nodeDir := m.disk, m.nodeDir
 
 	cli := func(args ...string) string { return baremetal(t, bm, url, args...) }
-	di := bmc.DriverInfo()
-	uuid := cli("node", "create", "--driver", "ipmi", "--name", "iscsinode",
-		"--boot-interface", "fake", "--network-interface", "noop",
-		"--driver-info", "ipmi_address="+di["ipmi_address"].(string),
-		"--driver-info", fmt.Sprintf("ipmi_port=%d", bmc.Port),
-		"--driver-info", "ipmi_username="+bmc.User, "--driver-info", "ipmi_password="+bmc.Password,
-		"--driver-info", "ipmi_cipher_suite=3", "-f", "value", "-c", "uuid")
-	cli("port", "create", mac, "--node", uuid)
+	m.enroll(t, cli, "iscsinode")
 	cli("node", "set", "iscsinode", "--deploy-interface", "iscsi")
 	if got := cli("node", "show", "iscsinode", "-f", "value", "-c", "deploy_interface"); got != "iscsi" {
 		t.Fatalf("deploy_interface %q after node set", got)
@@ -112,11 +57,7 @@ exec sleep 3600
 	start := time.Now()
 	cli("node", "deploy", "iscsinode", "--wait", "120")
 	t.Logf("iscsi deploy: %s", time.Since(start).Round(time.Millisecond))
-	got := make([]byte, len(raw))
-	f, _ = os.Open(disk)
-	io.ReadFull(f, got)
-	f.Close()
-	if gs := sha256.Sum256(got); gs != sum {
+	if gs := m.diskSum(t, len(raw)); gs != sum {
 		t.Errorf("disk region sha256 %x, want the image's %x", gs, sum)
 	}
 	shownRaw := cli("node", "show", "iscsinode", "-f", "json")
