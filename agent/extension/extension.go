@@ -23,6 +23,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/ingot-dev/ingot/agent/blockdev"
 	"github.com/ingot-dev/ingot/agent/cmdapi"
@@ -85,6 +86,11 @@ type Options struct {
 	Power Power
 	// SyncFS flushes every file system (sync(2)); nil does nothing.
 	SyncFS func()
+	// PowerGrace is how long power_off and run_image wait, after syncing,
+	// before the machine goes down, so the command's answer reaches the
+	// conductor first (1 s; negative: none). Without it the conductor
+	// may wait for an answer that died with the machine.
+	PowerGrace time.Duration
 	// EFIVars is the efivarfs directory; efiboot.DefaultDir when empty.
 	EFIVars string
 	// GOARCH selects the default UEFI loader; runtime.GOARCH when empty.
@@ -141,6 +147,9 @@ func New(opts Options) *Extensions {
 	}
 	if opts.SyncFS == nil {
 		opts.SyncFS = func() {}
+	}
+	if opts.PowerGrace == 0 {
+		opts.PowerGrace = time.Second
 	}
 	if opts.EFIVars == "" {
 		opts.EFIVars = efiboot.DefaultDir

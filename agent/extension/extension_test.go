@@ -155,6 +155,7 @@ func newRig(t *testing.T, diskSize int64, mod func(*extension.Options)) *rig {
 		Disk:         r.disk,
 		ImageOptions: imagestream.Options{RetryInterval: 10 * time.Millisecond, Retries: 2, StallTimeout: 5 * time.Second},
 		Power:        r.power,
+		PowerGrace:   -1,
 		SyncFS:       func() { r.syncs.Add(1) },
 		EFIVars:      r.efi,
 		GOARCH:       "amd64",
@@ -574,6 +575,43 @@ func TestPower(t *testing.T) {
 	failed(t, r.run(t, "standby.power_off", map[string]any{}), "CommandExecutionError", "operation not permitted")
 	noPower := newRig(t, mib, func(o *extension.Options) { o.Power = nil })
 	failed(t, noPower.run(t, "standby.run_image", map[string]any{}), "CommandExecutionError", "power control is not available")
+}
+
+// TestPowerOffAnswersFirst: an asynchronous power_off is answered (RUNNING)
+// before the machine goes down, by the grace period.
+func TestPowerOffAnswersFirst(t *testing.T) {
+	const grace = 300 * time.Millisecond
+	r := newRig(t, mib, func(o *extension.Options) { o.PowerGrace = grace })
+	body, _ := json.Marshal(map[string]any{"name": "standby.power_off", "params": map[string]any{}})
+	start := time.Now()
+	res, err := http.Post(r.srv.URL+"/v1/commands/?wait=false&agent_token="+token, "application/json", bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	answered := time.Since(start)
+	r.power.mu.Lock()
+	offs := r.power.offs
+	r.power.mu.Unlock()
+	if offs != 0 || answered >= grace {
+		t.Fatalf("answered after %s with %d power offs done: the machine went down before its answer", answered, offs)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		r.power.mu.Lock()
+		offs = r.power.offs
+		r.power.mu.Unlock()
+		if offs == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the machine never powered off")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if took := time.Since(start); took < grace {
+		t.Errorf("powered off %s after the request, before the %s grace", took, grace)
+	}
 }
 
 func TestCollectSystemLogs(t *testing.T) {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"time"
 
 	"github.com/ingot-dev/ingot/agent/blockdev"
 	"github.com/ingot-dev/ingot/agent/cmdapi"
@@ -185,11 +186,26 @@ func (x *Extensions) powerOff(ctx context.Context, p cmdapi.Params, _ func(api.P
 		return nil, cmdErr("CommandExecutionError", "Command execution failed", ErrNoPower)
 	}
 	x.opts.SyncFS()
-	x.opts.Log.Info("powering off")
+	x.opts.Log.Info("powering off", "in", max(x.opts.PowerGrace, 0))
+	x.graceBeforePower(ctx)
 	if err := x.opts.Power.PowerOff(ctx); err != nil {
 		return nil, cmdErr("CommandExecutionError", "Command execution failed", fmt.Errorf("power off: %w", err))
 	}
 	return "powering off", nil
+}
+
+// graceBeforePower lets the answer of an asynchronous power command leave
+// before the machine goes down.
+func (x *Extensions) graceBeforePower(ctx context.Context) {
+	if x.opts.PowerGrace <= 0 {
+		return
+	}
+	t := time.NewTimer(x.opts.PowerGrace)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
 }
 
 func (x *Extensions) runImage(ctx context.Context, p cmdapi.Params, _ func(api.Progress)) (any, error) {
@@ -197,7 +213,8 @@ func (x *Extensions) runImage(ctx context.Context, p cmdapi.Params, _ func(api.P
 		return nil, cmdErr("CommandExecutionError", "Command execution failed", ErrNoPower)
 	}
 	x.opts.SyncFS()
-	x.opts.Log.Info("rebooting into the instance")
+	x.opts.Log.Info("rebooting into the instance", "in", max(x.opts.PowerGrace, 0))
+	x.graceBeforePower(ctx)
 	if err := x.opts.Power.Reboot(ctx); err != nil {
 		return nil, cmdErr("CommandExecutionError", "Command execution failed", fmt.Errorf("reboot: %w", err))
 	}

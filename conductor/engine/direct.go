@@ -650,12 +650,20 @@ func (e *Engine) awaitCommand(ctx context.Context, ep AgentEndpoint, name string
 
 // tearDownAgent asks the agent to power the node off, waits for the BMC to
 // agree, and forces it off otherwise (Ironic's tear_down_agent).
+// powerOffAnswerTimeout bounds the wait for the answer to standby.power_off.
+const powerOffAnswerTimeout = 10 * time.Second
+
 func (e *Engine) tearDownAgent(ctx context.Context, n *node.Node, ep AgentEndpoint) error {
 	p, err := e.drivers.Power(n)
 	if err != nil {
 		return err
 	}
-	if _, err := e.opts.Agent.Execute(ctx, ep, "standby.power_off", map[string]any{}, false); err != nil {
+	// The agent answers before it powers off, but an answer lost with the
+	// machine must not hold the deploy for the client's whole timeout.
+	actx, cancel := context.WithTimeout(ctx, powerOffAnswerTimeout)
+	_, err = e.opts.Agent.Execute(actx, ep, "standby.power_off", map[string]any{}, false)
+	cancel()
+	if err != nil {
 		e.log.Info("agent power off failed; powering off out of band", "node", n.UUID, "err", err)
 	} else {
 		for range e.opts.PostDeployPowerOffRetries {

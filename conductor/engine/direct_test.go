@@ -34,10 +34,19 @@ type scriptedAgent struct {
 	// syncDone makes asynchronous commands other than execute_*_step
 	// succeed at once (IPA answers RUNNING and finishes soon after).
 	params map[string]map[string]any // last params per command
+	// hang makes Execute of this command wait until its context ends, as
+	// a request whose answer died with the machine.
+	hang string
 }
 
-func (a *scriptedAgent) Execute(_ context.Context, ep engine.AgentEndpoint, name string, params any, wait bool) (*api.CommandResult, error) {
+func (a *scriptedAgent) Execute(ctx context.Context, ep engine.AgentEndpoint, name string, params any, wait bool) (*api.CommandResult, error) {
 	a.mu.Lock()
+	if name == a.hang {
+		a.calls = append(a.calls, fmt.Sprintf("%s wait=%v (no answer)", name, wait))
+		a.mu.Unlock()
+		<-ctx.Done()
+		return nil, fmt.Errorf("%w: %v", engine.ErrAgentUnreachable, ctx.Err())
+	}
 	defer a.mu.Unlock()
 	a.calls = append(a.calls, fmt.Sprintf("%s wait=%v", name, wait))
 	if a.params == nil {
@@ -486,6 +495,29 @@ func TestLookupIsRestricted(t *testing.T) {
 
 // TestSilentAgentTimesOut: an agent that never calls back fails the
 // deployment at the deadline, on fake time.
+// TestPowerOffWithoutAnswer: the machine powers off before its agent's
+// answer to standby.power_off leaves. The deploy still ends promptly:
+// the conductor waits a bounded time for the answer, then powers the
+// node off out of band and goes on.
+func TestPowerOffWithoutAnswer(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		d := newDirect(t, engine.Options{})
+		d.agent.hang = "standby.power_off"
+		d.verb(t, "active")
+		d.lookup(t)
+		d.heartbeat(t)
+		d.agent.takeCalls()
+		d.agent.finish("deploy")
+		start := time.Now()
+		d.heartbeat(t)
+		if took := time.Since(start); took > 15*time.Second {
+			t.Errorf("the deploy waited %s for an answer that never came", took)
+		}
+		d.expect(t, node.StateActive, "GET commands", "standby.get_partition_uuids wait=true",
+			"image.install_bootloader wait=false", "standby.power_off wait=false (no answer)")
+	})
+}
+
 func TestSilentAgentTimesOut(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		db, err := store.Open(t.Context(), store.SQLiteURL(filepath.Join(t.TempDir(), "state.db")), store.Options{})
