@@ -280,14 +280,25 @@ func (e *Engine) continueDeploy(ctx context.Context, n *node.Node, cmds []api.Co
 			return
 		}
 	}
-	if cmds == nil {
-		var err error
-		if cmds, err = e.opts.Agent.Commands(ctx, ep); err != nil {
-			e.log.Warn("list agent commands: retrying on the next heartbeat", "node", n.UUID, "err", err)
-			return
-		}
+	cmds, ok = e.commandsOf(ctx, n, ep, cmds)
+	if !ok {
+		return
 	}
 	e.runDeploySteps(ctx, n, ep, cmds)
+}
+
+// commandsOf returns cmds, or when nil the agent's command list; false
+// when the agent could not be asked (the next heartbeat tries again).
+func (e *Engine) commandsOf(ctx context.Context, n *node.Node, ep AgentEndpoint, cmds []api.CommandResult) ([]api.CommandResult, bool) {
+	if cmds != nil {
+		return cmds, true
+	}
+	cmds, err := e.opts.Agent.Commands(ctx, ep)
+	if err != nil {
+		e.log.Warn("list agent commands: retrying on the next heartbeat", "node", n.UUID, "err", err)
+		return nil, false
+	}
+	return cmds, true
 }
 
 // fetchSteps asks the agent for its steps of a kind and returns them as
@@ -751,12 +762,9 @@ func (e *Engine) continueClean(ctx context.Context, n *node.Node, cmds []api.Com
 			return
 		}
 	}
-	if cmds == nil {
-		var err error
-		if cmds, err = e.opts.Agent.Commands(ctx, ep); err != nil {
-			e.log.Warn("list agent commands: retrying on the next heartbeat", "node", n.UUID, "err", err)
-			return
-		}
+	cmds, ok = e.commandsOf(ctx, n, ep, cmds)
+	if !ok {
+		return
 	}
 	steps, idx := stepsOf(n, diCleanSteps, diCleanStepIndex)
 	for idx < len(steps) {
