@@ -204,8 +204,9 @@ func newRig(t *testing.T, o rigOptions) *rig {
 	// The agent.
 	r.disk = blockdevtest.Disk(t, o.diskSize)
 	r.ext = extension.New(extension.Options{
-		Disk:      r.disk,
-		ISCSIHost: "127.0.0.1",
+		Disk:       r.disk,
+		PowerGrace: -1, // the "machine" is this process: nothing dies with the answer
+		ISCSIHost:  "127.0.0.1",
 		Open: func(p string) (extension.Device, error) {
 			d, err := blockdev.Open(p)
 			if err != nil {
