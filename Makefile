@@ -17,7 +17,7 @@ BENCHTIME ?= 1x
 
 .PHONY: help
 help: ## list the targets
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 .PHONY: build
 build: ## build the binaries into bin/ (static, CGO_ENABLED=0)
@@ -62,6 +62,7 @@ lint: ## gofmt, go vet, go mod tidy check
 .PHONY: bench
 bench: ## benchmarks (ratios against baselines; see docs/PERFORMANCE.md)
 	$(GO) test -run '^$$' -bench . -benchmem -count 1 -timeout 30m ./...
+	$(GO) test -tags e2e -run '^$$' -bench . -count 1 -timeout 30m ./e2e/
 
 .PHONY: fuzz
 fuzz: ## run every fuzz target for FUZZTIME each
