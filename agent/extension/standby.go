@@ -10,6 +10,7 @@ import (
 	"github.com/ingot-dev/ingot/agent/blockdev"
 	"github.com/ingot-dev/ingot/agent/cmdapi"
 	"github.com/ingot-dev/ingot/shared/api"
+	"github.com/ingot-dev/ingot/shared/configdrive"
 	"github.com/ingot-dev/ingot/shared/imagestream"
 )
 
@@ -23,6 +24,8 @@ type written struct {
 	Resumes  int     `json:"resumes"`
 	Seconds  float64 `json:"seconds"`
 	RootUUID string  `json:"root_uuid"`
+	// ConfigDrive is where the config drive went, when there was one.
+	ConfigDrive *configdrive.Placement `json:"config_drive,omitempty"`
 }
 
 // maxChangedRestarts bounds how often a write restarts because the image
@@ -31,18 +34,18 @@ const maxChangedRestarts = 2
 
 // writeImage streams a whole-disk image onto the disk the hints select
 // and records its partition UUIDs.
-func (x *Extensions) writeImage(ctx context.Context, info api.ImageInfo, configdrive any, node map[string]any, progress func(api.Progress)) (written, error) {
+func (x *Extensions) writeImage(ctx context.Context, info api.ImageInfo, cdArg any, node map[string]any, progress func(api.Progress)) (written, error) {
 	var w written
 	if info.ImageType == "partition" {
 		return w, cmdErr("InvalidCommandParamsError", "Invalid command parameters",
 			errors.New("partition images are not supported: use a whole-disk image"))
 	}
-	if configdrive != nil && configdrive != "" {
-		return w, cmdErr("InvalidCommandParamsError", "Invalid command parameters",
-			errors.New("config drives are not supported yet: deploy without configdrive"))
-	}
 	if err := info.Validate(x.opts.MD5Allowed()); err != nil {
 		return w, cmdErr("InvalidCommandParamsError", "Invalid command parameters", err)
+	}
+	drive, err := x.configDrive(ctx, cdArg, info)
+	if err != nil {
+		return w, err
 	}
 	disk, err := x.rootDisk(ctx, info.RootDevice, node)
 	if err != nil {
@@ -94,6 +97,22 @@ func (x *Extensions) writeImage(ctx context.Context, info api.ImageInfo, configd
 	if err != nil {
 		return w, cmdErr("ImageWriteError", "Error reading the partition table after writing", err)
 	}
+	var placed *configdrive.Placement
+	if drive != nil {
+		p, err := configdrive.Install(dev, dev.Size(), table.SectorSize, drive)
+		if err != nil {
+			return w, cmdErr("ConfigDriveWriteError", "Error writing config drive", fmt.Errorf("config drive on %s: %w", disk.Name, err))
+		}
+		placed = &p
+		log.Info("config drive written", "partition", p.Partition, "table", p.Table, "created", p.Created,
+			"offset", p.Offset, "size", p.Size, "bytes", len(drive))
+		if err := dev.RereadPartitions(); err != nil {
+			log.Warn("could not re-read the partition table", "err", err)
+		}
+		if table, err = blockdev.ReadTable(dev, dev.Size()); err != nil {
+			return w, cmdErr("ConfigDriveWriteError", "Error writing config drive", fmt.Errorf("reading the partition table after adding the config drive: %w", err))
+		}
+	}
 	uuids := partitionUUIDs(table)
 	x.mu.Lock()
 	x.written, x.uuids = disk.Name, uuids
@@ -101,7 +120,7 @@ func (x *Extensions) writeImage(ctx context.Context, info api.ImageInfo, configd
 	log.Info("image written", "bytes", res.Written, "format", res.Format, "checksum", res.Algo+":"+res.Digest,
 		"resumes", res.Resumes, "duration", res.Duration, "root_uuid", table.DiskID)
 	return written{Device: disk.Name, Bytes: res.Written, Format: res.Format, Algo: res.Algo, Digest: res.Digest,
-		Resumes: res.Resumes, Seconds: res.Duration.Seconds(), RootUUID: table.DiskID}, nil
+		Resumes: res.Resumes, Seconds: res.Duration.Seconds(), RootUUID: table.DiskID, ConfigDrive: placed}, nil
 }
 
 // partitionUUIDs is get_partition_uuids' answer for a whole-disk image:

@@ -120,7 +120,20 @@ func (x *Extensions) executeDeployStep(ctx context.Context, p cmdapi.Params, pro
 	default:
 		return nil, unknownStep("deploy", sp.step.Step)
 	}
-	return map[string]any{"deploy_result": result, "deploy_step": sp.raw}, nil
+	return map[string]any{"deploy_result": result, "deploy_step": maskedStep(sp.raw)}, nil
+}
+
+// maskedStep is a step to echo in a result: a config drive's user data
+// stays out of the command history and the conductor's records.
+func maskedStep(raw map[string]any) map[string]any {
+	args, ok := raw["args"].(map[string]any)
+	if !ok || args["configdrive"] == nil || args["configdrive"] == "" {
+		return raw
+	}
+	out := maps.Clone(raw)
+	out["args"] = maps.Clone(args)
+	out["args"].(map[string]any)["configdrive"] = "******"
+	return out
 }
 
 func (x *Extensions) executeCleanStep(ctx context.Context, p cmdapi.Params, progress func(api.Progress)) (any, error) {

@@ -92,3 +92,13 @@ func redactURL(raw string) string {
 	u.Fragment, u.RawFragment = "", ""
 	return u.Redacted()
 }
+
+// HTTPClient returns the client Stream uses for info: opts.Client, or the
+// default built from info's proxies and opts.Insecure. Small downloads
+// that belong to an image (a config drive URL) use it too.
+func (o Options) HTTPClient(info api.ImageInfo) *http.Client {
+	if o.Client != nil {
+		return o.Client
+	}
+	return newDefaultClient(info, o.Insecure)
+}
