@@ -1,6 +1,7 @@
 package engine_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -20,6 +21,7 @@ import (
 	"github.com/ingot-dev/ingot/conductor/node"
 	"github.com/ingot-dev/ingot/conductor/store"
 	"github.com/ingot-dev/ingot/shared/api"
+	sharedcd "github.com/ingot-dev/ingot/shared/configdrive"
 )
 
 // scriptedAgent is an in-memory IPA command API: it records every call the
@@ -730,5 +732,43 @@ func TestProgressPollingIsBatched(t *testing.T) {
 	}
 	if p, _ := n.DriverInternalInfo["deploy_progress"].(map[string]any); p == nil || p["step"] != "write_image" {
 		t.Errorf("n7's progress was not recorded: %v", n.DriverInternalInfo)
+	}
+}
+
+// TestDirectDeployConfigDrive: the object form of a config drive reaches
+// the agent as Ironic sends it, base64 of a gzipped ISO labelled config-2
+// with the node's uuid and name filled in; a malformed one is refused
+// before anything changes.
+func TestDirectDeployConfigDrive(t *testing.T) {
+	d := newDirect(t, engine.Options{})
+	bad := engine.ProvisionRequest{Target: "active", ConfigDrive: map[string]any{"meta_data": "not an object"}}
+	if err := d.eng.Provision(t.Context(), d.node.UUID, bad); err == nil || !strings.Contains(err.Error(), "meta_data must be an object") {
+		t.Fatalf("malformed config drive: %v", err)
+	}
+	if n := d.expect(t, node.StateAvailable); n.InstanceInfo["configdrive"] != nil {
+		t.Fatalf("a refused deploy stored its config drive: %v", n.InstanceInfo)
+	}
+	cd := map[string]any{"meta_data": map[string]any{"hostname": "h1"}, "user_data": "#cloud-config\n"}
+	if err := d.eng.Provision(t.Context(), d.node.UUID, engine.ProvisionRequest{Target: "active", ConfigDrive: cd}); err != nil {
+		t.Fatal(err)
+	}
+	d.eng.Wait()
+	d.expect(t, node.StateDeployWait)
+	d.lookup(t)
+	d.heartbeat(t)
+	d.expect(t, node.StateDeployWait, "deploy.get_deploy_steps wait=true", "GET commands", "deploy.execute_deploy_step wait=false")
+	args := d.agent.params["deploy.execute_deploy_step"]["step"].(map[string]any)["args"].(map[string]any)
+	packed, _ := args["configdrive"].(string)
+	iso, err := sharedcd.Decode([]byte(packed))
+	if err != nil {
+		t.Fatalf("the agent got a config drive it cannot decode: %v", err)
+	}
+	if label, _ := sharedcd.FilesystemLabel(bytes.NewReader(iso), 0); label != "config-2" {
+		t.Errorf("label %q", label)
+	}
+	for _, want := range []string{`"hostname":"h1"`, `"uuid":"` + d.node.UUID + `"`, `"name":"d"`, "#cloud-config"} {
+		if !bytes.Contains(iso, []byte(want)) {
+			t.Errorf("the ISO lacks %s", want)
+		}
 	}
 }

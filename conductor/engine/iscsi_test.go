@@ -332,3 +332,19 @@ func TestISCSINodesCleanLikeDirect(t *testing.T) {
 	d.heartbeat(t)
 	d.expect(t, node.StateManageable, "GET commands")
 }
+
+// TestISCSIDeployRefusesConfigDrive: the iscsi interface cannot write a
+// config drive yet, so a deploy asking for one is refused up front
+// instead of deploying without it.
+func TestISCSIDeployRefusesConfigDrive(t *testing.T) {
+	d := newISCSI(t, engine.Options{})
+	for _, cd := range []any{"H4sIAAAA", map[string]any{"meta_data": map[string]any{}}} {
+		err := d.eng.Provision(t.Context(), d.node.UUID, engine.ProvisionRequest{Target: "active", ConfigDrive: cd})
+		if err == nil || !strings.Contains(err.Error(), "cannot write config drives") {
+			t.Fatalf("config drive %v: %v", cd, err)
+		}
+		if n := d.expect(t, node.StateAvailable); n.InstanceInfo["configdrive"] != nil {
+			t.Fatalf("instance_info %v", n.InstanceInfo)
+		}
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 
+	"github.com/ingot-dev/ingot/conductor/configdrive"
 	"github.com/ingot-dev/ingot/conductor/node"
 	"github.com/ingot-dev/ingot/conductor/provision"
 )
@@ -123,10 +124,23 @@ func (e *Engine) beginProvision(ctx context.Context, n *node.Node, ev node.Event
 	switch ev {
 	case node.EventDeploy, node.EventRebuild:
 		if req.ConfigDrive != nil {
+			if n.Interfaces.Deploy == "iscsi" {
+				return nil, node.Errorf(node.ErrInvalid, "Node %s uses the iscsi deploy interface, which cannot write config drives yet; deploy it with the direct interface", n.UUID)
+			}
+			cd := req.ConfigDrive
+			if obj, ok := cd.(map[string]any); ok {
+				// The object form becomes the image the agent writes, as
+				// Ironic builds it before a deploy.
+				packed, err := configdrive.Build(configdrive.Node{UUID: n.UUID, Name: n.Name}, obj, "")
+				if err != nil {
+					return nil, node.Errorf(node.ErrInvalid, "Cannot build a config drive for node %s: %v", n.UUID, err)
+				}
+				cd = packed
+			}
 			if n.InstanceInfo == nil {
 				n.InstanceInfo = map[string]any{}
 			}
-			n.InstanceInfo["configdrive"] = req.ConfigDrive
+			n.InstanceInfo["configdrive"] = cd
 		}
 		setInternal(n, "user_deploy_steps", stepsValue(req.DeploySteps))
 	case node.EventClean:
