@@ -10,9 +10,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -205,8 +208,9 @@ func deref(s *string) string {
 }
 
 // bootsImage checks that the node booted the deployed image (its marker on
-// the console after offset) and that the disk holds the image.
-func (e *env) bootsImage(n *vmrig.Node, offset int64, firmware string) {
+// the console after offset) and that the disk holds the image, and its
+// config drive when hostname is set.
+func (e *env) bootsImage(n *vmrig.Node, offset int64, firmware, hostname string) {
 	e.t.Helper()
 	ctx, cancel := context.WithTimeout(e.t.Context(), 2*time.Minute)
 	defer cancel()
@@ -226,10 +230,60 @@ func (e *env) bootsImage(n *vmrig.Node, offset int64, firmware string) {
 	if _, err := io.ReadFull(disk, got); err != nil {
 		e.t.Fatal(err)
 	}
+	if hostname != "" {
+		// The config drive's partition entry rewrote the GPT (LBA 1-33)
+		// and cleared the image's backup header (its last sector): the
+		// rest of the image is untouched.
+		const table = 34 * 512
+		if !bytes.Equal(got[:440], raw[:440]) || !bytes.Equal(got[table:len(raw)-512], raw[table:len(raw)-512]) {
+			e.t.Error("the disk does not hold the image")
+		}
+		e.hasConfigDrive(n.Disk, hostname)
+		return
+	}
 	// UEFI firmware writes boot variables, not the disk; the image's
 	// bytes must all be there either way.
 	if !bytes.Equal(got, raw) {
 		e.t.Error("the disk does not hold the image")
+	}
+}
+
+// hasConfigDrive checks the node's disk with the real tools: sgdisk sees
+// a valid GPT with a config-2 partition, blkid an ISO 9660 labelled
+// config-2 there, and isoinfo reads the hostname from its meta_data.json.
+func (e *env) hasConfigDrive(diskPath, hostname string) {
+	e.t.Helper()
+	sgdisk := peertest.Binary(e.t, "sgdisk", "gdisk")
+	out, err := exec.Command(sgdisk, "-v", diskPath).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "No problems found") {
+		e.t.Fatalf("sgdisk -v: %v\n%s", err, out)
+	}
+	list, err := exec.Command(sgdisk, "-p", diskPath).CombinedOutput()
+	m := regexp.MustCompile(`(?m)^\s+\d+\s+(\d+)\s+\d+\s.*\sconfig-2$`).FindSubmatch(list)
+	if err != nil || m == nil {
+		e.t.Fatalf("sgdisk -p shows no config-2 partition: %v\n%s", err, list)
+	}
+	first, _ := strconv.ParseInt(string(m[1]), 10, 64)
+	out, err = exec.Command(peertest.Binary(e.t, "blkid", "util-linux"), "-p", "-O", strconv.FormatInt(first*512, 10), "-o", "export", diskPath).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "LABEL=config-2") || !strings.Contains(string(out), "TYPE=iso9660") {
+		e.t.Fatalf("blkid at sector %d: %v\n%s", first, err, out)
+	}
+	part := filepath.Join(e.t.TempDir(), "config-2.iso")
+	disk, err := os.Open(diskPath)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer disk.Close()
+	iso := make([]byte, 1<<20)
+	if _, err := disk.ReadAt(iso, first*512); err != nil {
+		e.t.Fatal(err)
+	}
+	if err := os.WriteFile(part, iso, 0o600); err != nil {
+		e.t.Fatal(err)
+	}
+	out, err = exec.Command(peertest.Binary(e.t, "isoinfo", "genisoimage"), "-R", "-x", "/openstack/latest/meta_data.json", "-i", part).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), `"hostname":"`+hostname+`"`) {
+		e.t.Fatalf("meta_data.json on the node's config drive: %v\n%s", err, out)
 	}
 }
 
@@ -252,9 +306,16 @@ func TestE2EDeploy(t *testing.T) {
 				t.Fatal(err)
 			}
 			off := n.SerialSize()
-			e.provision(uuid, "active")
+			// Deployed with a config drive, as Metal3 and Nova deploy:
+			// the node must still boot with the partition added.
+			hostname := "e2e-" + fw
+			if err := e.cond.Client.Do(t.Context(), http.MethodPut, "/v1/nodes/"+uuid+"/states/provision",
+				map[string]any{"target": "active", "configdrive": map[string]any{
+					"meta_data": map[string]any{"hostname": hostname}, "user_data": "#cloud-config\n"}}, nil); err != nil {
+				t.Fatal(err)
+			}
 			e.wait(uuid, 3*time.Minute, "active")
-			e.bootsImage(n, off, fw)
+			e.bootsImage(n, off, fw, hostname)
 			e.provision(uuid, "deleted")
 			e.wait(uuid, 3*time.Minute, "available")
 		})
@@ -275,7 +336,7 @@ func TestE2EISCSIDeploy(t *testing.T) {
 	off := n.SerialSize()
 	e.provision(uuid, "active")
 	e.wait(uuid, 3*time.Minute, "active")
-	e.bootsImage(n, off, "bios")
+	e.bootsImage(n, off, "bios", "")
 	if b, _ := os.ReadFile(e.cond.Log); bytes.Contains(b, []byte("chap_secret\":\"")) {
 		t.Error("the conductor logged a CHAP secret")
 	}
