@@ -26,6 +26,7 @@ import (
 	"github.com/ingot-dev/ingot/agent/blockdev/blockdevtest"
 	"github.com/ingot-dev/ingot/agent/efiboot"
 	"github.com/ingot-dev/ingot/internal/peertest"
+	"github.com/ingot-dev/ingot/shared/configdrive"
 )
 
 // One real Ironic serves every test of this package run
@@ -334,9 +335,12 @@ func TestInteropIronicDrivesAgent(t *testing.T) {
 	for i, tc := range []struct {
 		name, boot string
 		qcow2      bool
+		// configDrive deploys with the object form of a config drive,
+		// which Ironic builds into an ISO with genisoimage.
+		configDrive bool
 	}{
-		{name: "uefi", boot: "uefi"},
-		{name: "bios", boot: "bios"},
+		{name: "uefi", boot: "uefi", configDrive: true},
+		{name: "bios", boot: "bios", configDrive: true},
 		{name: "bios-qcow2", boot: "bios", qcow2: true},
 	} {
 		mode := tc.boot
@@ -411,7 +415,13 @@ func TestInteropIronicDrivesAgent(t *testing.T) {
 			// Deploy: Ironic PXE-prepares and "powers on" the node; the
 			// machine boots the agent.
 			start := time.Now()
-			ic.provision(uuid, "active")
+			hostname := "ironic-" + tc.name
+			if tc.configDrive {
+				ic.do("PUT", "/v1/nodes/"+uuid+"/states/provision", map[string]any{"target": "active",
+					"configdrive": map[string]any{"meta_data": map[string]any{"hostname": hostname}}}, http.StatusAccepted)
+			} else {
+				ic.provision(uuid, "active")
+			}
 			ic.waitState(uuid, 60*time.Second, m.dumpLogs, "wait call-back")
 			agent := m.boot(api)
 			ic.waitState(uuid, 120*time.Second, m.dumpLogs, "active")
@@ -426,7 +436,17 @@ func TestInteropIronicDrivesAgent(t *testing.T) {
 			} else {
 				f.Close()
 			}
-			if s := sha256.Sum256(got); hex.EncodeToString(s[:]) != rawDigest {
+			if tc.configDrive {
+				// The config drive's partition rewrote the GPT (the
+				// protective MBR's entry, LBA 1-33)
+				// and cleared the image's backup header.
+				const table = 34 * 512
+				if !bytes.Equal(got[:440], img[:440]) || !bytes.Equal(got[table:len(img)-512], img[table:len(img)-512]) {
+					m.dumpLogs()
+					t.Fatalf("the disk does not hold the image")
+				}
+				hasConfigDrive(t, m.disk, hostname, uuid)
+			} else if s := sha256.Sum256(got); hex.EncodeToString(s[:]) != rawDigest {
 				m.dumpLogs()
 				t.Fatalf("the disk does not hold the image")
 			}
@@ -572,4 +592,38 @@ func TestInteropIronicDeployFailure(t *testing.T) {
 	if err != nil || !strings.Contains(string(out), "agent.log") {
 		t.Errorf("deploy logs %s: %v\n%s", logs[0], err, out)
 	}
+}
+
+// hasConfigDrive checks the disk holds the config drive Ironic built: a
+// GPT partition named config-2 with an ISO 9660 labelled config-2 whose
+// meta_data.json has the hostname and the node's uuid.
+func hasConfigDrive(t *testing.T, disk, hostname, uuid string) {
+	t.Helper()
+	d, err := blockdev.Open(disk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	tab, err := blockdev.ReadTable(d, d.Size())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range tab.Partitions {
+		if p.Name != configdrive.Label {
+			continue
+		}
+		if label, _ := configdrive.FilesystemLabel(d, p.Start); label != configdrive.Label {
+			t.Fatalf("partition %d holds %q, not the config drive", p.Number, label)
+		}
+		b := make([]byte, 1<<20)
+		d.ReadAt(b, p.Start)
+		if !bytes.Contains(b, []byte(`"hostname": "`+hostname+`"`)) && !bytes.Contains(b, []byte(`"hostname":"`+hostname+`"`)) {
+			t.Errorf("the config drive lacks the hostname %q", hostname)
+		}
+		if !bytes.Contains(b, []byte(uuid)) {
+			t.Errorf("the config drive lacks the node's uuid")
+		}
+		return
+	}
+	t.Fatalf("no config-2 partition: %+v", tab.Partitions)
 }
