@@ -748,6 +748,13 @@ func TestDirectDeployConfigDrive(t *testing.T) {
 	if n := d.expect(t, node.StateAvailable); n.InstanceInfo["configdrive"] != nil {
 		t.Fatalf("a refused deploy stored its config drive: %v", n.InstanceInfo)
 	}
+	for _, str := range []string{"H4sIAAAA", "#cloud-config\n"} {
+		err := d.eng.Provision(t.Context(), d.node.UUID, engine.ProvisionRequest{Target: "active", ConfigDrive: str})
+		if err == nil || !strings.Contains(err.Error(), "Invalid configdrive") {
+			t.Fatalf("config drive %q: %v", str, err)
+		}
+	}
+	d.expect(t, node.StateAvailable)
 	cd := map[string]any{"meta_data": map[string]any{"hostname": "h1"}, "user_data": "#cloud-config\n"}
 	if err := d.eng.Provision(t.Context(), d.node.UUID, engine.ProvisionRequest{Target: "active", ConfigDrive: cd}); err != nil {
 		t.Fatal(err)

@@ -4,10 +4,12 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 
 	"github.com/ingot-dev/ingot/conductor/configdrive"
 	"github.com/ingot-dev/ingot/conductor/node"
 	"github.com/ingot-dev/ingot/conductor/provision"
+	sharedcd "github.com/ingot-dev/ingot/shared/configdrive"
 )
 
 // ProvisionRequest is an operator's provision verb (the body of PUT
@@ -136,6 +138,12 @@ func (e *Engine) beginProvision(ctx context.Context, n *node.Node, ev node.Event
 					return nil, node.Errorf(node.ErrInvalid, "Cannot build a config drive for node %s: %v", n.UUID, err)
 				}
 				cd = packed
+			} else if str, ok := cd.(string); ok && !strings.HasPrefix(str, "http://") && !strings.HasPrefix(str, "https://") {
+				// Checked here so a bad drive fails the request, not the
+				// deploy after the agent has booted.
+				if _, err := sharedcd.Decode([]byte(str)); err != nil {
+					return nil, node.Errorf(node.ErrInvalid, "Invalid configdrive for node %s: %v", n.UUID, err)
+				}
 			}
 			if n.InstanceInfo == nil {
 				n.InstanceInfo = map[string]any{}

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"os"
+	"path/filepath"
 	"os/exec"
 	"strings"
 	"testing"
@@ -138,5 +139,44 @@ func TestInteropBaremetalCLI(t *testing.T) {
 	}
 	if got := baremetal(t, bin, url, "conductor", "list", "-f", "value", "-c", "Hostname"); got != "test-conductor" {
 		t.Errorf("conductor list: %q", got)
+	}
+}
+
+// TestInteropBaremetalCLIConfigDrive: the CLI's two config drive forms
+// reach active and stay masked: JSON (the conductor builds the ISO) and a
+// directory (the CLI builds the ISO itself with genisoimage and sends it
+// gzipped and base64-encoded). A malformed JSON drive is refused with
+// the conductor's message and the node stays available.
+func TestInteropBaremetalCLIConfigDrive(t *testing.T) {
+	bin := peertest.Binary(t, "baremetal", "python3-ironicclient")
+	peertest.Binary(t, "genisoimage", "genisoimage")
+	url := startConductor(t)
+	baremetal(t, bin, url, "node", "create", "--driver", "fake-hardware", "--name", "cd-node", "-f", "value", "-c", "uuid")
+	baremetal(t, bin, url, "node", "set", "cd-node", "--instance-info", "image_source=http://127.0.0.1:8088/disk.img")
+	baremetal(t, bin, url, "node", "manage", "cd-node", "--wait", "30")
+	baremetal(t, bin, url, "node", "provide", "cd-node", "--wait", "30")
+
+	out := baremetalFails(t, bin, url, "node", "deploy", "cd-node", "--config-drive", `{"meta_data": ["not", "an", "object"]}`)
+	if !strings.Contains(out, "meta_data must be an object") {
+		t.Errorf("malformed config drive: %s", out)
+	}
+	if m := showJSON(t, bin, url, "cd-node"); m["provision_state"] != "available" || m["instance_info"].(map[string]any)["configdrive"] != nil {
+		t.Errorf("after a refused deploy: %v %v", m["provision_state"], m["instance_info"])
+	}
+
+	dir := filepath.Join(t.TempDir(), "drive", "openstack", "latest")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "meta_data.json"), []byte(`{"hostname": "cli-dir"}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, form := range []string{`{"meta_data": {"hostname": "cli-json"}, "user_data": "#cloud-config\n"}`, filepath.Dir(filepath.Dir(dir))} {
+		baremetal(t, bin, url, "node", "deploy", "cd-node", "--config-drive", form, "--wait", "30")
+		m := showJSON(t, bin, url, "cd-node")
+		if m["provision_state"] != "active" || m["instance_info"].(map[string]any)["configdrive"] != "******" {
+			t.Errorf("deploy with config drive %q: %v %v", form, m["provision_state"], m["instance_info"])
+		}
+		baremetal(t, bin, url, "node", "undeploy", "cd-node", "--wait", "30")
 	}
 }
