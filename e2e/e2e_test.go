@@ -200,6 +200,16 @@ func (e *env) provision(uuid, target string) {
 	}
 }
 
+// deployWithConfigDrive deploys with the object form of a config drive.
+func (e *env) deployWithConfigDrive(uuid, hostname string) {
+	e.t.Helper()
+	if err := e.cond.Client.Do(e.t.Context(), http.MethodPut, "/v1/nodes/"+uuid+"/states/provision",
+		map[string]any{"target": "active", "configdrive": map[string]any{
+			"meta_data": map[string]any{"hostname": hostname}, "user_data": "#cloud-config\n"}}, nil); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
 func deref(s *string) string {
 	if s == nil {
 		return ""
@@ -309,11 +319,7 @@ func TestE2EDeploy(t *testing.T) {
 			// Deployed with a config drive, as Metal3 and Nova deploy:
 			// the node must still boot with the partition added.
 			hostname := "e2e-" + fw
-			if err := e.cond.Client.Do(t.Context(), http.MethodPut, "/v1/nodes/"+uuid+"/states/provision",
-				map[string]any{"target": "active", "configdrive": map[string]any{
-					"meta_data": map[string]any{"hostname": hostname}, "user_data": "#cloud-config\n"}}, nil); err != nil {
-				t.Fatal(err)
-			}
+			e.deployWithConfigDrive(uuid, hostname)
 			e.wait(uuid, 3*time.Minute, "active")
 			e.bootsImage(n, off, fw, hostname)
 			e.provision(uuid, "deleted")
@@ -324,7 +330,7 @@ func TestE2EDeploy(t *testing.T) {
 
 // TestE2EISCSIDeploy deploys through the iSCSI fallback: the agent
 // exports its disk, the conductor writes the image over iSCSI from its
-// own cache, and the node boots the result.
+// own cache, then the config drive, and the node boots the result.
 func TestE2EISCSIDeploy(t *testing.T) {
 	e := newEnv(t, "--automated-clean=false")
 	n, uuid := e.addNodeWith("bios", "iscsi")
@@ -334,9 +340,9 @@ func TestE2EISCSIDeploy(t *testing.T) {
 	e.wait(uuid, time.Minute, "available")
 	e.setImage(uuid, "file://"+e.a.imageZst, e.a.imageSum)
 	off := n.SerialSize()
-	e.provision(uuid, "active")
+	e.deployWithConfigDrive(uuid, "e2e-iscsi")
 	e.wait(uuid, 3*time.Minute, "active")
-	e.bootsImage(n, off, "bios", "")
+	e.bootsImage(n, off, "bios", "e2e-iscsi")
 	if b, _ := os.ReadFile(e.cond.Log); bytes.Contains(b, []byte("chap_secret\":\"")) {
 		t.Error("the conductor logged a CHAP secret")
 	}

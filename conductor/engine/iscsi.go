@@ -7,7 +7,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"net/url"
 	"path"
 	"strconv"
@@ -17,6 +19,7 @@ import (
 	"github.com/ingot-dev/ingot/conductor/iscsi"
 	"github.com/ingot-dev/ingot/conductor/node"
 	"github.com/ingot-dev/ingot/shared/api"
+	sharedcd "github.com/ingot-dev/ingot/shared/configdrive"
 	"github.com/ingot-dev/ingot/shared/imagestream"
 	proto "github.com/ingot-dev/ingot/shared/iscsi"
 )
@@ -218,6 +221,12 @@ func (e *Engine) iscsiWriteImage(ctx context.Context, n *node.Node, ep AgentEndp
 		return err
 	}
 	log := e.log.With("node", n.UUID)
+	// The config drive is read before the disk is exported: a bad one
+	// fails the deployment with the disk untouched.
+	drive, err := e.configDriveImage(ctx, n)
+	if err != nil {
+		return err
+	}
 	if cmds, err := e.opts.Agent.Commands(ctx, ep); err == nil && targetLeftRunning(cmds) {
 		// An earlier attempt started the target and never got to stop it
 		// (its answer was lost): start over with new credentials.
@@ -253,13 +262,25 @@ func (e *Engine) iscsiWriteImage(ctx context.Context, n *node.Node, ep AgentEndp
 			log.Warn("record deploy progress", "err", err)
 		}
 	}
+	var after func(iscsi.LUNAccess, int64, int) error
+	if drive != nil {
+		after = func(lun iscsi.LUNAccess, size int64, bs int) error {
+			p, err := sharedcd.Install(lun, size, bs, drive)
+			if err != nil {
+				return fmt.Errorf("write the config drive over iscsi: %w", err)
+			}
+			log.Info("config drive written over iscsi", "partition", p.Partition, "table", p.Table, "created", p.Created,
+				"offset", p.Offset, "size", p.Size, "bytes", len(drive))
+			return nil
+		}
+	}
 	wctx, cancel := context.WithTimeout(ctx, e.opts.ISCSI.WriteTimeout)
 	defer cancel()
 	log.Info("writing the image over iscsi", "image", info.ID, "portal", portal, "target", iqn, "verify", set.verify)
 	r, werr := iscsi.WriteImage(wctx, iscsi.Config{Portal: portal, TargetIQN: iqn, CHAP: creds,
 		Logger: e.log.With("node", n.UUID, "component", "iscsi")},
 		info, iscsi.ImageOptions{Writer: wopts, LoginAttempts: e.opts.ISCSI.LoginAttempts,
-			LoginRetryInterval: e.opts.ISCSI.LoginRetryInterval, Stream: e.opts.ISCSI.Stream, Progress: progress})
+			LoginRetryInterval: e.opts.ISCSI.LoginRetryInterval, Stream: e.opts.ISCSI.Stream, Progress: progress, After: after})
 	st, serr := e.stopTarget(ctx, n, ep)
 	if werr != nil {
 		if wctx.Err() != nil && ctx.Err() == nil {
@@ -335,4 +356,47 @@ func iscsiFailure(err error, portal, iqn string) error {
 		return fmt.Errorf("Reading back the image written over iSCSI found different data: %v", err)
 	}
 	return fmt.Errorf("Writing the image over iSCSI to %s failed: %v", portal, err)
+}
+
+// maxConfigDriveDownload bounds a config drive fetched from a URL: the
+// largest drive, base64-encoded, with room for line breaks.
+const maxConfigDriveDownload = sharedcd.MaxSize/3*4 + 1<<20
+
+// configDriveImage returns the config drive instance_info carries,
+// decoded (fetched first when it is a URL), or nil when there is none.
+func (e *Engine) configDriveImage(ctx context.Context, n *node.Node) ([]byte, error) {
+	s, _ := n.InstanceInfo["configdrive"].(string)
+	if strings.TrimSpace(s) == "" {
+		return nil, nil
+	}
+	data := []byte(s)
+	if strings.HasPrefix(s, "http://") || strings.HasPrefix(s, "https://") {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, s, nil)
+		if err != nil {
+			return nil, fmt.Errorf("config drive URL: %w", err)
+		}
+		client := e.opts.ISCSI.Stream.Client
+		if client == nil {
+			client = &http.Client{Timeout: 5 * time.Minute}
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			return nil, fmt.Errorf("download the config drive: %w", err)
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode >= 400 {
+			return nil, fmt.Errorf("download the config drive: HTTP %s", resp.Status)
+		}
+		if data, err = io.ReadAll(io.LimitReader(resp.Body, maxConfigDriveDownload+1)); err != nil {
+			return nil, fmt.Errorf("download the config drive: %w", err)
+		}
+		if len(data) > maxConfigDriveDownload {
+			return nil, fmt.Errorf("download the config drive: %w: more than %d bytes", sharedcd.ErrTooLarge, maxConfigDriveDownload)
+		}
+	}
+	img, err := sharedcd.Decode(data)
+	if err != nil {
+		return nil, fmt.Errorf("config drive: %w", err)
+	}
+	return img, nil
 }

@@ -333,18 +333,23 @@ func TestISCSINodesCleanLikeDirect(t *testing.T) {
 	d.expect(t, node.StateManageable, "GET commands")
 }
 
-// TestISCSIDeployRefusesConfigDrive: the iscsi interface cannot write a
-// config drive yet, so a deploy asking for one is refused up front
-// instead of deploying without it.
-func TestISCSIDeployRefusesConfigDrive(t *testing.T) {
+// TestISCSIDeployConfigDriveNotFound: a config drive URL that does not
+// answer fails the deployment before the agent exports its disk.
+func TestISCSIDeployConfigDriveNotFound(t *testing.T) {
 	d := newISCSI(t, engine.Options{})
-	for _, cd := range []any{"H4sIAAAA", map[string]any{"meta_data": map[string]any{}}} {
-		err := d.eng.Provision(t.Context(), d.node.UUID, engine.ProvisionRequest{Target: "active", ConfigDrive: cd})
-		if err == nil || !strings.Contains(err.Error(), "cannot write config drives") {
-			t.Fatalf("config drive %v: %v", cd, err)
-		}
-		if n := d.expect(t, node.StateAvailable); n.InstanceInfo["configdrive"] != nil {
-			t.Fatalf("instance_info %v", n.InstanceInfo)
-		}
+	missing := httptest.NewServer(http.NotFoundHandler())
+	t.Cleanup(missing.Close)
+	if err := d.eng.Provision(t.Context(), d.node.UUID, engine.ProvisionRequest{Target: "active", ConfigDrive: missing.URL + "/cd.iso"}); err != nil {
+		t.Fatal(err)
+	}
+	d.eng.Wait()
+	d.lookup(t)
+	d.heartbeat(t)
+	n := d.expect(t, node.StateDeployFailed, "deploy.get_deploy_steps wait=true", "GET commands")
+	if !strings.Contains(n.LastError, "download the config drive: HTTP 404") {
+		t.Errorf("last_error %q", n.LastError)
+	}
+	if _, sent := d.agent.params["iscsi.start_iscsi_target"]; sent {
+		t.Error("the disk was exported although the deployment could not succeed")
 	}
 }

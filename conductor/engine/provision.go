@@ -126,9 +126,6 @@ func (e *Engine) beginProvision(ctx context.Context, n *node.Node, ev node.Event
 	switch ev {
 	case node.EventDeploy, node.EventRebuild:
 		if req.ConfigDrive != nil {
-			if n.Interfaces.Deploy == "iscsi" {
-				return nil, node.Errorf(node.ErrInvalid, "Node %s uses the iscsi deploy interface, which cannot write config drives yet; deploy it with the direct interface", n.UUID)
-			}
 			cd := req.ConfigDrive
 			if obj, ok := cd.(map[string]any); ok {
 				// The object form becomes the image the agent writes, as

@@ -31,6 +31,16 @@ type ImageOptions struct {
 	// Progress receives the write's progress: a compressed image's
 	// verifying pass is 0-50 %, its write 50-100 %.
 	Progress func(api.Progress)
+	// After, when set, runs once the image is written and verified, with
+	// random access to the LUN (its size and block size), before the
+	// final sync and logout: the config drive goes on here.
+	After func(lun LUNAccess, size int64, blockSize int) error
+}
+
+// LUNAccess is random access to the logical unit being written.
+type LUNAccess interface {
+	io.ReaderAt
+	io.WriterAt
 }
 
 // ImageResult describes a finished WriteImage.
@@ -133,6 +143,14 @@ func WriteImage(ctx context.Context, cfg Config, info api.ImageInfo, opts ImageO
 			return res, fmt.Errorf("verify image on the lun: %w", err)
 		}
 		res.Writer = w.Stats()
+	}
+	if opts.After != nil {
+		if err := opts.After(w, w.Size(), w.BlockSize()); err != nil {
+			return res, err
+		}
+		if err := w.Sync(); err != nil {
+			return res, fmt.Errorf("sync after the image: %w", err)
+		}
 	}
 	res.Duration = time.Since(start)
 	progress(api.Progress{Phase: imagestream.PhaseDone, Bytes: res.Stream.Written, Total: res.Stream.Written, Percent: 100,

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"slices"
 	"sync"
@@ -452,6 +453,36 @@ func (w *Writer) readBlocks(off int64, buf []byte) error {
 			return err
 		}
 	}
+}
+
+// ReadAt reads what the LUN holds at off, after what is buffered has been
+// written: random access for the little work after an image (a config
+// drive's partition table). It reads whole blocks.
+func (w *Writer) ReadAt(p []byte, off int64) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if off < 0 || off >= w.size {
+		return 0, fmt.Errorf("read at %d of a %d-byte LUN: %w", off, w.size, io.EOF)
+	}
+	if err := w.sync(); err != nil {
+		return 0, err
+	}
+	want := min(int64(len(p)), w.size-off)
+	first := off / w.bs * w.bs
+	last := (off + want + w.bs - 1) / w.bs * w.bs
+	buf := make([]byte, last-first)
+	for done := int64(0); done < int64(len(buf)); {
+		n := min(int64(len(buf))-done, int64(w.opts.ChunkSize)/w.bs*w.bs)
+		if err := w.readBlocks(first+done, buf[done:done+n]); err != nil {
+			return 0, err
+		}
+		done += n
+	}
+	copy(p, buf[off-first:])
+	if want < int64(len(p)) {
+		return int(want), io.EOF
+	}
+	return len(p), nil
 }
 
 // Sync writes what is buffered, waits until the target acknowledged every

@@ -26,6 +26,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 
 	"github.com/ingot-dev/ingot/agent/blockdev"
+	sharedcd "github.com/ingot-dev/ingot/shared/configdrive"
 	"github.com/ingot-dev/ingot/agent/blockdev/blockdevtest"
 	"github.com/ingot-dev/ingot/agent/cmdapi"
 	"github.com/ingot-dev/ingot/agent/extension"
@@ -332,7 +333,12 @@ func (r *rig) enroll(t *testing.T, instance map[string]any, props map[string]any
 // heartbeats until the node settles.
 func (r *rig) deploy(t *testing.T) *node.Node {
 	t.Helper()
-	if err := r.eng.Provision(t.Context(), r.node.UUID, engine.ProvisionRequest{Target: "active"}); err != nil {
+	return r.deployWith(t, engine.ProvisionRequest{Target: "active"})
+}
+
+func (r *rig) deployWith(t *testing.T, req engine.ProvisionRequest) *node.Node {
+	t.Helper()
+	if err := r.eng.Provision(t.Context(), r.node.UUID, req); err != nil {
 		t.Fatal(err)
 	}
 	r.eng.Wait()
@@ -536,6 +542,46 @@ func TestISCSIDeployEndToEnd(t *testing.T) {
 			r.targetStopped(t)
 		})
 	}
+}
+
+// TestISCSIDeployConfigDrive: under the iscsi interface the conductor
+// writes the config drive too, over the same session, after the image:
+// a config-2 partition at the end of the agent's disk, the image intact.
+func TestISCSIDeployConfigDrive(t *testing.T) {
+	img := gptImage(t, 12<<20)
+	r := newRig(t, rigOptions{})
+	r.enroll(t, fileImage(t, "disk.raw", img), nil)
+	n := r.deployWith(t, engine.ProvisionRequest{Target: "active",
+		ConfigDrive: map[string]any{"meta_data": map[string]any{"hostname": "over-iscsi"}}})
+	if n.ProvisionState != node.StateActive || n.LastError != "" {
+		t.Fatalf("after deploy: %q %q", n.ProvisionState, n.LastError)
+	}
+	d, err := blockdev.Open(r.disk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	got := make([]byte, len(img))
+	d.ReadAt(got, 0)
+	const table = 34 * 512
+	if !bytes.Equal(got[:440], img[:440]) || !bytes.Equal(got[table:len(img)-512], img[table:len(img)-512]) {
+		t.Error("the image's data changed")
+	}
+	tab, err := blockdev.ReadTable(d, d.Size())
+	if err != nil || len(tab.Partitions) != 3 || tab.Partitions[2].Name != sharedcd.Label {
+		t.Fatalf("table %+v %v", tab, err)
+	}
+	cd := tab.Partitions[2]
+	if label, _ := sharedcd.FilesystemLabel(d, cd.Start); label != sharedcd.Label || cd.Start+cd.Size > d.Size()-33*512 || cd.Start < d.Size()-65<<20 {
+		t.Errorf("config drive partition %+v holds %q", cd, label)
+	}
+	b := make([]byte, 1<<20)
+	d.ReadAt(b, cd.Start)
+	if !bytes.Contains(b, []byte(`"hostname":"over-iscsi"`)) {
+		t.Error("the drive lacks its meta_data")
+	}
+	r.noSecret(t)
+	r.targetStopped(t)
 }
 
 func num(v any) int64 {
