@@ -6,6 +6,8 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -255,4 +257,56 @@ func closedPort(t *testing.T) string {
 	addr := f.addr()
 	f.ln.Close()
 	return addr
+}
+
+// TestWriteImageAfter: the after-image hook gets random access to the
+// LUN: unaligned reads see the image, unaligned writes merge with it, and
+// everything is synced before WriteImage returns.
+func TestWriteImageAfter(t *testing.T) {
+	raw := bytes.Repeat([]byte("0123456789abcdef"), 3<<16) // 3 MiB
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.ServeContent(w, r, "disk.raw", time.Unix(0, 0), bytes.NewReader(raw))
+	}))
+	t.Cleanup(srv.Close)
+	f := newFakeTarget(t, 8<<20)
+	opts := fastImageOptions()
+	var sawSize int64
+	var sawBS int
+	opts.After = func(lun LUNAccess, size int64, bs int) error {
+		sawSize, sawBS = size, bs
+		got := make([]byte, 40)
+		if n, err := lun.ReadAt(got, 1000); n != 40 || err != nil || !bytes.Equal(got, raw[1000:1040]) {
+			return fmt.Errorf("ReadAt after the image: %d %v %q", n, err, got)
+		}
+		if _, err := lun.WriteAt([]byte("PATCH"), 446); err != nil {
+			return err
+		}
+		if _, err := lun.WriteAt([]byte("tail-of-lun"), 8<<20-11); err != nil {
+			return err
+		}
+		if n, err := lun.ReadAt(got[:5], 446); n != 5 || err != nil || string(got[:5]) != "PATCH" {
+			return fmt.Errorf("read back the patch: %d %v %q", n, err, got[:5])
+		}
+		if n, err := lun.ReadAt(got, 8<<20-20); n != 20 || err != io.EOF {
+			return fmt.Errorf("read past the end: %d %v", n, err)
+		}
+		return nil
+	}
+	if _, err := WriteImage(t.Context(), f.config(), infoFor(srv, "/disk.raw", raw), opts); err != nil {
+		t.Fatal(err)
+	}
+	if sawSize != 8<<20 || sawBS != 512 {
+		t.Errorf("hook saw size %d, block size %d", sawSize, sawBS)
+	}
+	disk := f.snapshot()
+	want := bytes.Clone(raw)
+	copy(want[446:], "PATCH")
+	if !bytes.Equal(disk[:len(raw)], want) || string(disk[8<<20-11:]) != "tail-of-lun" {
+		t.Error("the LUN does not hold the image with the hook's writes")
+	}
+
+	opts.After = func(LUNAccess, int64, int) error { return errors.New("no room for the drive") }
+	if _, err := WriteImage(t.Context(), f.config(), infoFor(srv, "/disk.raw", raw), opts); err == nil || !strings.Contains(err.Error(), "no room") {
+		t.Errorf("a failing hook: %v", err)
+	}
 }
