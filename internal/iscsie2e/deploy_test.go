@@ -26,7 +26,6 @@ import (
 	"github.com/klauspost/compress/zstd"
 
 	"github.com/ingot-dev/ingot/agent/blockdev"
-	sharedcd "github.com/ingot-dev/ingot/shared/configdrive"
 	"github.com/ingot-dev/ingot/agent/blockdev/blockdevtest"
 	"github.com/ingot-dev/ingot/agent/cmdapi"
 	"github.com/ingot-dev/ingot/agent/extension"
@@ -36,6 +35,7 @@ import (
 	"github.com/ingot-dev/ingot/conductor/node"
 	"github.com/ingot-dev/ingot/conductor/store"
 	"github.com/ingot-dev/ingot/shared/api"
+	sharedcd "github.com/ingot-dev/ingot/shared/configdrive"
 	"github.com/ingot-dev/ingot/shared/imagestream"
 )
 
