@@ -6,8 +6,8 @@ import (
 	"encoding/json"
 	"net/http"
 	"os"
-	"path/filepath"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 
