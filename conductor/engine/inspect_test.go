@@ -151,4 +151,3 @@ func TestAgentInspectionFaults(t *testing.T) {
 		}
 	})
 }
-
