@@ -74,6 +74,13 @@ type Config struct {
 	// RetryPause is the wait before starting over after a lookup that
 	// timed out or a configuration the agent cannot work with (30 s).
 	RetryPause time.Duration
+
+	// InspectionCallbackURL, when set, receives the inventory once,
+	// before the first lookup (ipa-inspection-callback-url).
+	InspectionCallbackURL string
+	// InspectionPauses override IPA's waits between inspection posts
+	// (tests).
+	InspectionPauses []time.Duration
 }
 
 func (c *Config) defaults() {
@@ -146,8 +153,9 @@ func Run(ctx context.Context, cfg Config, deps Deps) error {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	inspected := false
 	for {
-		err := runOnce(ctx, cfg, deps, log)
+		err := runOnce(ctx, cfg, deps, log, &inspected)
 		if ctx.Err() != nil {
 			return context.Cause(ctx)
 		}
@@ -176,7 +184,7 @@ func (s *session) Token() string {
 	return s.token
 }
 
-func runOnce(ctx context.Context, cfg Config, deps Deps, log *slog.Logger) error {
+func runOnce(ctx context.Context, cfg Config, deps Deps, log *slog.Logger, inspected *bool) error {
 	if len(cfg.APIURLs) == 0 {
 		return ErrNoAPIURL
 	}
@@ -191,6 +199,21 @@ func runOnce(ctx context.Context, cfg Config, deps Deps, log *slog.Logger) error
 	}
 	hc := apiHTTPClient(cfg)
 	defer hc.CloseIdleConnections()
+	if cfg.InspectionCallbackURL != "" && !*inspected {
+		// Inspection comes first, once: the answer may name the node.
+		*inspected = true
+		log.Info("posting inspection data", "url", cfg.InspectionCallbackURL)
+		uuid, err := postInspection(ctx, cfg.InspectionCallbackURL, hc, deps.Extension.Inventory, cfg.BootIF, cfg.InspectionPauses, log)
+		switch {
+		case err != nil:
+			log.Error("inspection failed; looking up anyway", "err", err)
+		case uuid != "" && cfg.NodeUUID == "":
+			cfg.NodeUUID = uuid
+			log.Info("inspection data accepted", "node", uuid)
+		default:
+			log.Info("inspection data accepted")
+		}
+	}
 	log.Info("looking up the node", "api", cfg.APIURLs, "mac", macs, "node", cfg.NodeUUID)
 	res, err := Lookup(ctx, LookupConfig{URLs: cfg.APIURLs, Timeout: cfg.LookupTimeout, Interval: cfg.LookupInterval,
 		ConflictPauses: cfg.ConflictPauses, HTTPClient: hc, Version: cfg.IronicAPIVersion,

@@ -183,7 +183,7 @@ func (e *env) wait(uuid string, timeout time.Duration, want ...string) vmrig.Nod
 	ctx, cancel := context.WithTimeout(e.t.Context(), timeout)
 	defer cancel()
 	start := time.Now()
-	n, err := e.cond.Client.Wait(ctx, uuid, want, []string{"deploy failed", "clean failed", "error"}, func(n vmrig.NodeState) {
+	n, err := e.cond.Client.Wait(ctx, uuid, want, []string{"deploy failed", "clean failed", "inspect failed", "error"}, func(n vmrig.NodeState) {
 		e.t.Logf("%6.1fs %s power=%s %v %s", time.Since(start).Seconds(), n.ProvisionState, deref(n.PowerState),
 			n.DriverInternalInfo["deploy_progress"], n.Error())
 	})
@@ -325,6 +325,61 @@ func TestE2EDeploy(t *testing.T) {
 			e.provision(uuid, "deleted")
 			e.wait(uuid, 3*time.Minute, "available")
 		})
+	}
+}
+
+// TestE2EInspect runs Ironic's built-in in-band inspection on a virtual
+// node: the agent boots with the inspection callback, posts its
+// inventory, and the node comes back manageable and off with its
+// properties filled and the inventory served at API 1.81.
+func TestE2EInspect(t *testing.T) {
+	e := newEnv(t)
+	n, uuid := e.addNode("bios")
+	e.provision(uuid, "manage")
+	e.wait(uuid, time.Minute, "manageable")
+	if err := e.cond.Client.Patch(t.Context(), uuid,
+		map[string]any{"op": "replace", "path": "/inspect_interface", "value": "agent"}); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	e.provision(uuid, "inspect")
+	st := e.wait(uuid, 2*time.Minute, "manageable")
+	t.Logf("inspection took %v", time.Since(start).Round(100*time.Millisecond))
+	if deref(st.PowerState) != "power off" {
+		t.Errorf("power %q after inspection", deref(st.PowerState))
+	}
+	var shown struct {
+		Properties map[string]any `json:"properties"`
+	}
+	if err := e.cond.Client.Do(t.Context(), http.MethodGet, "/v1/nodes/"+uuid, nil, &shown); err != nil {
+		t.Fatal(err)
+	}
+	p := shown.Properties
+	if p["cpu_arch"] != "x86_64" || p["cpus"] != 1.0 || p["local_gb"] != 7.0 {
+		t.Errorf("properties %v", p)
+	}
+	if mb, _ := p["memory_mb"].(float64); mb < 900 || mb > 1024 {
+		t.Errorf("memory_mb %v for a 1024 MiB VM", p["memory_mb"])
+	}
+	var inv struct {
+		Inventory struct {
+			Disks []struct {
+				Name, Serial string
+				Size         int64
+			} `json:"disks"`
+			Interfaces []struct {
+				MAC string `json:"mac_address"`
+			} `json:"interfaces"`
+		} `json:"inventory"`
+		PluginData map[string]any `json:"plugin_data"`
+	}
+	if err := e.cond.Client.Inventory(t.Context(), uuid, &inv); err != nil {
+		t.Fatal(err)
+	}
+	d := inv.Inventory.Disks
+	if len(d) != 1 || d[0].Serial != n.DiskSerial || d[0].Size != 8<<30 || len(inv.Inventory.Interfaces) == 0 ||
+		inv.Inventory.Interfaces[0].MAC != n.MAC || inv.PluginData["root_disk"] == nil {
+		t.Errorf("inventory %+v", inv)
 	}
 }
 

@@ -39,6 +39,9 @@ type Store interface {
 	UpdatePort(ctx context.Context, p *node.Port) error
 	DeletePort(ctx context.Context, uuid string) error
 	PortsOfNode(ctx context.Context, nodeUUID string) ([]*node.Port, error)
+
+	PutInventory(ctx context.Context, uuid string, inventory, pluginData []byte, at time.Time) error
+	Inventory(ctx context.Context, uuid string) (inventory, pluginData []byte, err error)
 }
 
 // Power controls one node's power, through its power interface.

@@ -355,18 +355,6 @@ func (e *Engine) runClean(ctx context.Context, n *node.Node, di deployer) {
 	e.advance(ctx, n, ev)
 }
 
-// runInspect runs a fake inspection: it stamps the inspection times and
-// returns the node to manageable.
-func (e *Engine) runInspect(ctx context.Context, n *node.Node) {
-	n.InspectionStartedAt = e.now()
-	if n.Interfaces.Inspect != "fake" {
-		e.fail(ctx, n, node.EventFail, fmt.Sprintf("inspect interface %s is not implemented", n.Interfaces.Inspect))
-		return
-	}
-	n.InspectionFinishedAt = e.now()
-	e.advance(ctx, n, node.EventDone)
-}
-
 // runAdopt takes over a node deployed by other means.
 func (e *Engine) runAdopt(ctx context.Context, n *node.Node, di deployer) {
 	if err := di.validate(n); err != nil {

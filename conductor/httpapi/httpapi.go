@@ -50,6 +50,10 @@ const (
 const (
 	DefaultBodyLimit   = 1 << 20
 	ProvisionBodyLimit = 96 << 20
+	// InspectionBodyLimit bounds inspection data (Ironic's
+	// [api]max_json_body_size_inspection is 1 MiB too, but collectors
+	// such as logs make bodies larger).
+	InspectionBodyLimit = 16 << 20
 )
 
 // Options configure the API server.
@@ -129,6 +133,7 @@ func (s *Server) routes() {
 	v1.PUT("/nodes/:node/maintenance", s.setMaintenance(true))
 	v1.DELETE("/nodes/:node/maintenance", s.setMaintenance(false))
 	v1.GET("/nodes/:node/validate", s.validateNode)
+	v1.GET("/nodes/:node/inventory", s.nodeInventory)
 
 	v1.GET("/ports", s.listPorts(false))
 	v1.GET("/ports/detail", s.listPorts(true))

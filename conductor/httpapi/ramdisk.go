@@ -21,6 +21,7 @@ type AgentConfig struct {
 func (s *Server) ramdiskRoutes(v1 *echo.Group) {
 	v1.GET("/lookup", s.lookup)
 	v1.POST("/heartbeat/:node", s.heartbeat)
+	v1.POST("/continue_inspection", s.continueInspection)
 }
 
 // lookup answers GET /v1/lookup?addresses=…&node_uuid=… (API 1.22+);

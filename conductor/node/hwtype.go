@@ -93,7 +93,7 @@ func HardwareTypes() []HardwareType {
 		base := map[string][]string{
 			KindBios:    {"no-bios", "fake"},
 			KindConsole: {"no-console", "fake"},
-			KindInspect: {"no-inspect", "fake"},
+			KindInspect: {"no-inspect", "fake", "agent"},
 			KindNetwork: {"noop", "flat"},
 			KindRaid:    {"no-raid", "fake"},
 			KindRescue:  {"no-rescue", "fake"},
@@ -111,7 +111,7 @@ func HardwareTypes() []HardwareType {
 			KindBoot:       {"fake", "ipxe", "pxe"},
 			KindConsole:    {"fake", "no-console"},
 			KindDeploy:     {"fake", "direct", "iscsi"},
-			KindInspect:    {"fake", "no-inspect"},
+			KindInspect:    {"fake", "no-inspect", "agent"},
 			KindManagement: {"fake", "noop"},
 			KindNetwork:    {"noop", "flat"},
 			KindPower:      {"fake"},

@@ -504,11 +504,17 @@ func (b *Booter) agentScript(n *node.Node) (*agentBoot, error) {
 		return nil, err
 	}
 	a := &agentBoot{kernel: kernel, ramdisk: ramdisk}
+	params := bootparam.Params{APIURLs: []string{b.opts.APIURL}, Insecure: b.opts.AgentInsecure, TLS: b.opts.AgentTLS}
+	if purpose(n.ProvisionState) == "inspect" {
+		// Ironic's built-in inspection: the agent posts its inventory
+		// before looking up.
+		params.InspectionCallbackURL = strings.TrimRight(b.opts.APIURL, "/") + "/v1/continue_inspection"
+	}
 	a.Agent = ipxe.Agent{
 		Node: n.UUID, Purpose: purpose(n.ProvisionState), Firmware: firmware(n),
 		KernelURL: b.imageURL(n.UUID, kernelName, kernel), RamdiskURL: b.imageURL(n.UUID, ramdiskName, ramdisk),
 		Append:  appendParams,
-		Params:  bootparam.Params{APIURLs: []string{b.opts.APIURL}, Insecure: b.opts.AgentInsecure, TLS: b.opts.AgentTLS},
+		Params:  params,
 		Retries: b.opts.AgentRetries, PowerOffDelay: b.opts.AgentPowerOffDelay,
 	}
 	if _, err := ipxe.RenderAgent(a.Agent); err != nil {

@@ -117,6 +117,19 @@ func TestAgentBootLifecycle(t *testing.T) {
 			t.Error("prepared MACs are not known to DHCP")
 		}
 	})
+	t.Run("an inspecting node's agent gets the inspection callback", func(t *testing.T) {
+		insp := testNode(uuid1)
+		insp.ProvisionState = node.StateInspecting
+		must(t, r.b.PrepareRamdisk(ctx, insp, ports))
+		_, body, _ := r.get(t, "/ipxe/"+mac1)
+		if !strings.Contains(body, "ipa-inspection-callback-url=http://10.99.0.1:6385/v1/continue_inspection") {
+			t.Errorf("inspection script:\n%s", body)
+		}
+		must(t, r.b.PrepareRamdisk(ctx, n, ports))
+		if _, body, _ := r.get(t, "/ipxe/"+mac1); strings.Contains(body, "inspection") {
+			t.Errorf("deploy script with an inspection callback:\n%s", body)
+		}
+	})
 	t.Run("a port without PXE gets nothing", func(t *testing.T) {
 		if r.b.Known(ctx, mac3) {
 			t.Error("a port with pxe_enabled=false is known")

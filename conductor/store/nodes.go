@@ -433,7 +433,7 @@ func (d *DB) missingOrConflict(ctx context.Context, table, kind, uuid string) er
 	return node.Errorf(node.ErrConflict, "%s %s was changed concurrently, retry the request.", kind, uuid)
 }
 
-// DeleteNode removes the node (and its ports) if its version is still
+// DeleteNode removes the node (its ports and inventory too) if its version is still
 // version.
 func (d *DB) DeleteNode(ctx context.Context, uuid string, version int64) error {
 	tx, err := d.sql.BeginTx(ctx, nil)
@@ -443,6 +443,9 @@ func (d *DB) DeleteNode(ctx context.Context, uuid string, version int64) error {
 	defer tx.Rollback()
 	if _, err := tx.ExecContext(ctx, d.rebind("DELETE FROM ports WHERE node_uuid = ?"), uuid); err != nil {
 		return fmt.Errorf("delete ports of node %s: %w", uuid, err)
+	}
+	if _, err := tx.ExecContext(ctx, d.rebind("DELETE FROM node_inventory WHERE node_uuid = ?"), uuid); err != nil {
+		return fmt.Errorf("delete inventory of node %s: %w", uuid, err)
 	}
 	res, err := tx.ExecContext(ctx, d.rebind("DELETE FROM nodes WHERE uuid = ? AND version = ?"), uuid, version)
 	if err != nil {

@@ -405,3 +405,37 @@ func TestReopenKeepsDataAndSchema(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestInventory(t *testing.T) {
+	for name, db := range dialects(t) {
+		t.Run(name, func(t *testing.T) {
+			ctx := t.Context()
+			n := newNode("")
+			if err := db.CreateNode(ctx, n); err != nil {
+				t.Fatal(err)
+			}
+			if _, _, err := db.Inventory(ctx, n.UUID); !errors.Is(err, node.ErrNotFound) {
+				t.Fatalf("no inventory yet: %v", err)
+			}
+			for _, inv := range []string{`{"cpu":{"count":1}}`, `{"cpu":{"count":2}}`} {
+				if err := db.PutInventory(ctx, n.UUID, []byte(inv), []byte(`{"root_disk":null}`), time.Now()); err != nil {
+					t.Fatal(err)
+				}
+				got, pd, err := db.Inventory(ctx, n.UUID)
+				if err != nil || string(got) != inv || string(pd) != `{"root_disk":null}` {
+					t.Fatalf("inventory %s %s %v", got, pd, err)
+				}
+			}
+			if err := db.PutInventory(ctx, uuid.NewString(), []byte(`{}`), []byte(`{}`), time.Now()); err == nil && name == "postgres" {
+				t.Error("an inventory for no node was stored")
+			}
+			cur, _ := db.GetNode(ctx, n.UUID)
+			if err := db.DeleteNode(ctx, n.UUID, cur.Version); err != nil {
+				t.Fatal(err)
+			}
+			if _, _, err := db.Inventory(ctx, n.UUID); !errors.Is(err, node.ErrNotFound) {
+				t.Errorf("inventory survived its node: %v", err)
+			}
+		})
+	}
+}

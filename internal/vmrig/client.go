@@ -50,6 +50,17 @@ func (n NodeState) Error() string {
 // a JSON answer into out (when not nil). A status of 400 or more is an
 // error carrying Ironic's error message.
 func (c *Client) Do(ctx context.Context, method, path string, body, out any) error {
+	return c.DoVersion(ctx, APIVersion, method, path, body, out)
+}
+
+// Inventory decodes what inspection stored for a node (GET
+// /v1/nodes/{node}/inventory, API 1.81) into out.
+func (c *Client) Inventory(ctx context.Context, ident string, out any) error {
+	return c.DoVersion(ctx, "1.81", http.MethodGet, "/v1/nodes/"+ident+"/inventory", nil, out)
+}
+
+// DoVersion is Do at another API microversion.
+func (c *Client) DoVersion(ctx context.Context, version, method, path string, body, out any) error {
 	var rd io.Reader
 	if body != nil {
 		b, err := json.Marshal(body)
@@ -62,7 +73,7 @@ func (c *Client) Do(ctx context.Context, method, path string, body, out any) err
 	if err != nil {
 		return err
 	}
-	req.Header.Set("X-OpenStack-Ironic-API-Version", APIVersion)
+	req.Header.Set("X-OpenStack-Ironic-API-Version", version)
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}

@@ -53,6 +53,11 @@ type Params struct {
 	IronicAPIVersion string // ipa-ironic-api-version
 	GlobalRequestID  string // ipa-global-request-id
 
+	// InspectionCallbackURL is where the agent posts its inventory before
+	// looking up (ipa-inspection-callback-url): Ironic's
+	// <api>/v1/continue_inspection, or an ironic-inspector's /v1/continue.
+	InspectionCallbackURL string
+
 	// Ingot's own parameters.
 
 	// Interface pins the NIC to bring up by name (ingot.interface), for
@@ -141,6 +146,7 @@ const (
 	keyDLRetryInterval = "ipa-image-download-connection-retry-interval"
 	keyAPIVersion      = "ipa-ironic-api-version"
 	keyRequestID       = "ipa-global-request-id"
+	keyInspection      = "ipa-inspection-callback-url"
 	keyInterface       = "ingot.interface"
 	keyTLS             = "ingot.tls"
 	keyDisk            = "ingot.disk"
@@ -286,6 +292,13 @@ func Parse(cmdline string) (Params, error) {
 			p.IronicAPIVersion = v
 		case keyRequestID:
 			p.GlobalRequestID = v
+		case keyInspection:
+			pu, err := url.Parse(v)
+			if err != nil || (pu.Scheme != "http" && pu.Scheme != "https") || pu.Host == "" {
+				bad(k, v, "want an http(s) URL")
+				continue
+			}
+			p.InspectionCallbackURL = v
 		case keyInterface:
 			if v == "" || strings.ContainsAny(v, "/ ") || len(v) > 15 {
 				bad(k, v, "want an interface name")
@@ -411,6 +424,9 @@ func Format(p Params) string {
 	}
 	if p.GlobalRequestID != "" {
 		add(keyRequestID, p.GlobalRequestID)
+	}
+	if p.InspectionCallbackURL != "" {
+		add(keyInspection, p.InspectionCallbackURL)
 	}
 	if p.Interface != "" {
 		add(keyInterface, p.Interface)

@@ -12,7 +12,8 @@ func TestParseIronicTemplateCommandLine(t *testing.T) {
 	// What Ironic's iPXE template renders for a node, plus kernel noise.
 	cmdline := `BOOT_IMAGE=/vmlinuz selinux=0 troubleshoot=0 text nofb vga=normal ipa-debug=1 ` +
 		`ipa-api-url=http://192.0.2.1:6385/ ipa-global-request-id=req-1 BOOTIF=01-52-54-00-12-34-56 ` +
-		`initrd=deploy_ramdisk console=ttyS0,115200n8 "ingot.modules=virtio_net, virtio_blk" ingot.tls=auto`
+		`initrd=deploy_ramdisk console=ttyS0,115200n8 "ingot.modules=virtio_net, virtio_blk" ingot.tls=auto ` +
+		`ipa-inspection-callback-url=http://192.0.2.1:6385/v1/continue_inspection`
 	got, err := Parse(cmdline)
 	if err != nil {
 		t.Fatal(err)
@@ -20,6 +21,7 @@ func TestParseIronicTemplateCommandLine(t *testing.T) {
 	want := Params{
 		APIURLs: []string{"http://192.0.2.1:6385"}, BootIF: "52:54:00:12:34:56", Debug: true,
 		GlobalRequestID: "req-1", Modules: []string{"virtio_net", "virtio_blk"}, TLS: "auto",
+		InspectionCallbackURL: "http://192.0.2.1:6385/v1/continue_inspection",
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("(-want +got):\n%s", diff)
@@ -34,6 +36,7 @@ func TestParseErrors(t *testing.T) {
 		{"bad timeout", "ipa-lookup-timeout=-1", "ipa-lookup-timeout"},
 		{"bad bool", "ipa-insecure=maybe", "ipa-insecure"},
 		{"bad tls", "ingot.tls=sometimes", "ingot.tls"},
+		{"bad inspection url", "ipa-inspection-callback-url=file:///x", "ipa-inspection-callback-url"},
 		{"relative disk", "ingot.disk=disk.img", "ingot.disk"},
 		{"all errors reported", "ipa-listen-port=0 BOOTIF=x", "BOOTIF"},
 	} {

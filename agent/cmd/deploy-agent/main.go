@@ -214,7 +214,7 @@ func run(args []string, stderr io.Writer) int {
 		ListenHost: p.ListenHost, ListenPort: p.ListenPort,
 		AdvertiseHost: p.AdvertiseHost, AdvertisePort: p.AdvertisePort, AdvertiseProtocol: p.AdvertiseProtocol,
 		AgentToken: p.AgentToken, HTTPRequestTimeout: p.HTTPRequestTimeout, IronicAPIVersion: p.IronicAPIVersion,
-		GlobalRequestID: p.GlobalRequestID, TLS: p.TLS, MinForcedHeartbeat: st.forced, RetryPause: st.retry,
+		GlobalRequestID: p.GlobalRequestID, InspectionCallbackURL: p.InspectionCallbackURL, TLS: p.TLS, MinForcedHeartbeat: st.forced, RetryPause: st.retry,
 	}
 	deps := agent.Deps{NICs: ins, Extension: ext, Log: log}
 	if agent.InRamdisk() && st.efivars == "" {
