@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/url"
@@ -358,10 +357,6 @@ func iscsiFailure(err error, portal, iqn string) error {
 	return fmt.Errorf("Writing the image over iSCSI to %s failed: %v", portal, err)
 }
 
-// maxConfigDriveDownload bounds a config drive fetched from a URL: the
-// largest drive, base64-encoded, with room for line breaks.
-const maxConfigDriveDownload = sharedcd.MaxSize/3*4 + 1<<20
-
 // configDriveImage returns the config drive instance_info carries,
 // decoded (fetched first when it is a URL), or nil when there is none.
 func (e *Engine) configDriveImage(ctx context.Context, n *node.Node) ([]byte, error) {
@@ -370,28 +365,14 @@ func (e *Engine) configDriveImage(ctx context.Context, n *node.Node) ([]byte, er
 		return nil, nil
 	}
 	data := []byte(s)
-	if strings.HasPrefix(s, "http://") || strings.HasPrefix(s, "https://") {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, s, nil)
-		if err != nil {
-			return nil, fmt.Errorf("config drive URL: %w", err)
-		}
+	if sharedcd.IsURL(s) {
 		client := e.opts.ISCSI.Stream.Client
 		if client == nil {
 			client = &http.Client{Timeout: 5 * time.Minute}
 		}
-		resp, err := client.Do(req)
-		if err != nil {
-			return nil, fmt.Errorf("download the config drive: %w", err)
-		}
-		defer resp.Body.Close()
-		if resp.StatusCode >= 400 {
-			return nil, fmt.Errorf("download the config drive: HTTP %s", resp.Status)
-		}
-		if data, err = io.ReadAll(io.LimitReader(resp.Body, maxConfigDriveDownload+1)); err != nil {
-			return nil, fmt.Errorf("download the config drive: %w", err)
-		}
-		if len(data) > maxConfigDriveDownload {
-			return nil, fmt.Errorf("download the config drive: %w: more than %d bytes", sharedcd.ErrTooLarge, maxConfigDriveDownload)
+		var err error
+		if data, err = sharedcd.Fetch(ctx, client, s); err != nil {
+			return nil, err
 		}
 	}
 	img, err := sharedcd.Decode(data)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"slices"
-	"strings"
 
 	"github.com/ingot-dev/ingot/conductor/configdrive"
 	"github.com/ingot-dev/ingot/conductor/node"
@@ -135,7 +134,7 @@ func (e *Engine) beginProvision(ctx context.Context, n *node.Node, ev node.Event
 					return nil, node.Errorf(node.ErrInvalid, "Cannot build a config drive for node %s: %v", n.UUID, err)
 				}
 				cd = packed
-			} else if str, ok := cd.(string); ok && !strings.HasPrefix(str, "http://") && !strings.HasPrefix(str, "https://") {
+			} else if str, ok := cd.(string); ok && !sharedcd.IsURL(str) {
 				// Checked here so a bad drive fails the request, not the
 				// deploy after the agent has booted.
 				if _, err := sharedcd.Decode([]byte(str)); err != nil {

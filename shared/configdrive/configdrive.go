@@ -13,11 +13,13 @@ package configdrive
 import (
 	"bytes"
 	"compress/gzip"
+	"context"
 	"encoding/base64"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"strings"
 )
 
@@ -209,3 +211,37 @@ func placeAtEnd(used, limit uint64, sectorSize int, need int) (start, end uint64
 }
 
 func le32(b []byte) uint32 { return binary.LittleEndian.Uint32(b) }
+
+// MaxDownload bounds a config drive fetched from a URL: the largest
+// drive, base64-encoded, with room for line breaks.
+const MaxDownload = MaxSize/3*4 + 1<<20
+
+// Fetch downloads a config drive given as a URL (to Decode next): a
+// status of 400 or more is an error, and so is a body over MaxDownload.
+func Fetch(ctx context.Context, client *http.Client, url string) ([]byte, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return nil, fmt.Errorf("config drive URL: %w", err)
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("download the config drive: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode >= 400 {
+		return nil, fmt.Errorf("download the config drive from %s: HTTP %s", url, resp.Status)
+	}
+	b, err := io.ReadAll(io.LimitReader(resp.Body, MaxDownload+1))
+	if err != nil {
+		return nil, fmt.Errorf("download the config drive from %s: %w", url, err)
+	}
+	if len(b) > MaxDownload {
+		return nil, fmt.Errorf("%w: the download from %s exceeds %d bytes", ErrTooLarge, url, MaxDownload)
+	}
+	return b, nil
+}
+
+// IsURL reports whether a config drive argument is a URL to Fetch.
+func IsURL(s string) bool {
+	return strings.HasPrefix(s, "http://") || strings.HasPrefix(s, "https://")
+}
