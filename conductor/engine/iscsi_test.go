@@ -346,7 +346,7 @@ func TestISCSIDeployConfigDriveNotFound(t *testing.T) {
 	d.lookup(t)
 	d.heartbeat(t)
 	n := d.expect(t, node.StateDeployFailed, "deploy.get_deploy_steps wait=true", "GET commands")
-	if !strings.Contains(n.LastError, "download the config drive from " + missing.URL + "/cd.iso: HTTP 404") {
+	if !strings.Contains(n.LastError, "download the config drive from "+missing.URL+"/cd.iso: HTTP 404") {
 		t.Errorf("last_error %q", n.LastError)
 	}
 	if _, sent := d.agent.params["iscsi.start_iscsi_target"]; sent {
