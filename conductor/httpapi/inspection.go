@@ -23,34 +23,9 @@ func (s *Server) continueInspection(c *echo.Context) error {
 	if err != nil {
 		return err
 	}
-	raw, ok := body["inventory"]
-	if !ok || isNull(raw) {
-		return badRequest("Invalid inspection data: 'inventory' is a required property")
-	}
-	var inv struct {
-		Interfaces []map[string]any `json:"interfaces"`
-		BMC        any              `json:"bmc_address"`
-		BMCv6      any              `json:"bmc_v6address"`
-	}
-	if err := json.Unmarshal(raw, &inv); err != nil {
-		return badRequest("Invalid inspection data: 'inventory' must be an object with an 'interfaces' list: %v", err)
-	}
-	if len(inv.Interfaces) == 0 {
-		return badRequest("Invalid inspection data: inventory.interfaces must list at least one interface")
-	}
-	for i, ifc := range inv.Interfaces {
-		if mac, _ := ifc["mac_address"].(string); mac == "" {
-			return badRequest("Invalid inspection data: inventory.interfaces[%d] has no 'mac_address' string", i)
-		}
-	}
-	for name, v := range map[string]any{"bmc_address": inv.BMC, "bmc_v6address": inv.BMCv6} {
-		if _, isString := v.(string); v != nil && !isString {
-			return badRequest("Invalid inspection data: inventory.%s must be a string or null", name)
-		}
-	}
-	d := engine.InspectionData{Raw: body}
-	if err := json.Unmarshal(raw, &d.Inventory); err != nil {
-		return badRequest("Invalid inspection data: %v", err)
+	d, err := parseInspection(body)
+	if err != nil {
+		return err
 	}
 	uuid := c.QueryParam("node_uuid")
 	if uuid != "" && !engine.IsUUID(uuid) {
@@ -74,4 +49,42 @@ func (s *Server) nodeInventory(c *echo.Context) error {
 		return err
 	}
 	return c.JSON(http.StatusOK, map[string]json.RawMessage{"inventory": inv, "plugin_data": pd})
+}
+
+// parseInspection checks inspection data against Ironic's minimal schema
+// (an inventory with at least one interface, each with a MAC; BMC
+// addresses strings or null) and decodes it. The data comes from an
+// unauthenticated endpoint: it is fuzzed.
+func parseInspection(body map[string]json.RawMessage) (engine.InspectionData, error) {
+	var d engine.InspectionData
+	raw, ok := body["inventory"]
+	if !ok || isNull(raw) {
+		return d, badRequest("Invalid inspection data: 'inventory' is a required property")
+	}
+	var inv struct {
+		Interfaces []map[string]any `json:"interfaces"`
+		BMC        any              `json:"bmc_address"`
+		BMCv6      any              `json:"bmc_v6address"`
+	}
+	if err := json.Unmarshal(raw, &inv); err != nil {
+		return d, badRequest("Invalid inspection data: 'inventory' must be an object with an 'interfaces' list: %v", err)
+	}
+	if len(inv.Interfaces) == 0 {
+		return d, badRequest("Invalid inspection data: inventory.interfaces must list at least one interface")
+	}
+	for i, ifc := range inv.Interfaces {
+		if mac, _ := ifc["mac_address"].(string); mac == "" {
+			return d, badRequest("Invalid inspection data: inventory.interfaces[%d] has no 'mac_address' string", i)
+		}
+	}
+	for name, v := range map[string]any{"bmc_address": inv.BMC, "bmc_v6address": inv.BMCv6} {
+		if _, isString := v.(string); v != nil && !isString {
+			return d, badRequest("Invalid inspection data: inventory.%s must be a string or null", name)
+		}
+	}
+	d.Raw = body
+	if err := json.Unmarshal(raw, &d.Inventory); err != nil {
+		return d, badRequest("Invalid inspection data: %v", err)
+	}
+	return d, nil
 }

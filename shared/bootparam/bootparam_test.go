@@ -87,6 +87,7 @@ func FuzzParse(f *testing.F) {
 	f.Add("ipa-api-url=http://192.0.2.1:6385 BOOTIF=01-52-54-00-12-34-56 ipa-debug=1")
 	f.Add(`"ingot.modules=a, b" ingot.disk=/dev/vda ipa-lookup-timeout=0.5`)
 	f.Add("ipa-agent-token=\"a b\" ipa-global-request-id=x")
+	f.Add("ipa-inspection-callback-url=http://192.0.2.1:6385/v1/continue_inspection")
 	f.Fuzz(func(t *testing.T, cmdline string) {
 		p, _ := Parse(cmdline)
 		again, err := Parse(Format(p))
