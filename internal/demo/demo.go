@@ -172,7 +172,7 @@ func Run(ctx context.Context, o Options) (sum Summary, err error) {
 			if r, ok := w["bytes_per_second"].(float64); ok && r > 0 {
 				sum.WriteMiBps = r / (1 << 20) // the agent's figure for the whole write
 			}
-			p.info("image written: %v", w)
+			p.info("%s", writeLine(w))
 		}
 	}
 

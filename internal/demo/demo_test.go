@@ -57,3 +57,12 @@ func TestProgressLine(t *testing.T) {
 		t.Errorf("an out-of-range percent overflows the bar: %q", got)
 	}
 }
+
+func TestWriteLine(t *testing.T) {
+	got := writeLine(map[string]any{"bytes": 67108864.0, "bytes_per_second": 38830605.0, "format": "zstd",
+		"checksum": "sha256:1861b936801d3ec793523f262bfc626791ea613e", "resumes": 0.0, "seconds": 1.728})
+	want := "image written: 64.0 MiB from zstd in 1.7 s (37.0 MiB/s), sha256:1861b936801d3…"
+	if got != want {
+		t.Errorf("got  %q\nwant %q", got, want)
+	}
+}

@@ -81,6 +81,33 @@ func progressLine(prog map[string]any) string {
 	return s
 }
 
+// writeLine describes the agent's report of a finished image write
+// (driver_internal_info.image_write).
+func writeLine(w map[string]any) string {
+	bytes, _ := w["bytes"].(float64)
+	secs, _ := w["seconds"].(float64)
+	s := fmt.Sprintf("image written: %.1f MiB", bytes/(1<<20))
+	if f, ok := w["format"].(string); ok && f != "" {
+		s += " from " + f
+	}
+	if secs > 0 {
+		s += fmt.Sprintf(" in %.1f s", secs)
+	}
+	if r, ok := w["bytes_per_second"].(float64); ok && r > 0 {
+		s += fmt.Sprintf(" (%.1f MiB/s)", r/(1<<20))
+	}
+	if c, ok := w["checksum"].(string); ok && c != "" {
+		if len(c) > 20 {
+			c = c[:20] + "…"
+		}
+		s += ", " + c
+	}
+	if n, ok := w["resumes"].(float64); ok && n > 0 {
+		s += fmt.Sprintf(", resumed %.0f×", n)
+	}
+	return s
+}
+
 func deref(s *string) string {
 	if s == nil {
 		return ""
