@@ -21,7 +21,7 @@ pkgs=(
   # benchmarks and images
   zstd xz-utils curl iproute2 procps
   bzip2 lz4 openssl python3                          # imagestream interop: real compressors, checksum tools, a Range-less HTTP server
-  gdisk fdisk genisoimage dosfstools                 # config drives: sgdisk/sfdisk check tables, isoinfo reads ISOs, mkfs.vfat makes FAT drives
+  gdisk fdisk genisoimage dosfstools mtools          # config drives: sgdisk/sfdisk check tables, isoinfo reads ISOs, mkfs.vfat/fsck.fat/mcopy for FAT drives
 )
 if [ "${1:-}" = --demo ]; then
   ironic_pkgs=()

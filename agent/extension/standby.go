@@ -99,12 +99,18 @@ func (x *Extensions) writeImage(ctx context.Context, info api.ImageInfo, cdArg a
 	}
 	var placed *configdrive.Placement
 	if drive != nil {
-		p, err := configdrive.Install(dev, dev.Size(), table.SectorSize, drive)
+		// The disk's logical sector size as the kernel reports it; the
+		// one the GPT was found at otherwise.
+		ss := table.SectorSize
+		if disk.LogicalSectors > 0 {
+			ss = disk.LogicalSectors
+		}
+		p, err := configdrive.Install(dev, dev.Size(), ss, drive)
 		if err != nil {
 			return w, cmdErr("ConfigDriveWriteError", "Error writing config drive", fmt.Errorf("config drive on %s: %w", disk.Name, err))
 		}
 		placed = &p
-		log.Info("config drive written", "partition", p.Partition, "table", p.Table, "created", p.Created,
+		log.Info("config drive written", "partition", p.Partition, "table", p.Table, "created", p.Created, "filesystem", p.Filesystem,
 			"offset", p.Offset, "size", p.Size, "bytes", len(drive))
 		if err := dev.RereadPartitions(); err != nil {
 			log.Warn("could not re-read the partition table", "err", err)

@@ -32,6 +32,11 @@ const MaxSize = 64 << 20
 // PartitionSize is the size of a partition Install creates (IPA's 64 MiB).
 const PartitionSize = 64 << 20
 
+// FATPartitionSize is the size of a partition Install creates for a vfat
+// rebuild: with 4096-byte sectors FAT32 needs 65525 clusters of at least
+// 4 KiB, and go-diskfs writes only FAT12 (512-byte sectors) and FAT32.
+const FATPartitionSize = 300 << 20
+
 var (
 	// ErrTooLarge means the decoded config drive exceeds MaxSize.
 	ErrTooLarge = errors.New("config drive too large")
@@ -82,6 +87,19 @@ func FilesystemLabel(r io.ReaderAt, off int64) (string, bool) {
 	return imageLabel(r, off)
 }
 
+// isoLabel returns the volume id of an ISO 9660 image, and whether img is
+// one.
+func isoLabel(img []byte) (string, bool) {
+	if len(img) < 32768+72 {
+		return "", false
+	}
+	pvd := img[32768:]
+	if pvd[0] != 1 || string(pvd[1:6]) != "CD001" {
+		return "", false
+	}
+	return strings.TrimRight(string(pvd[40:72]), " \x00"), true
+}
+
 // imageLabel recognises an ISO 9660 primary volume descriptor or a FAT
 // boot sector at off.
 func imageLabel(r io.ReaderAt, off int64) (string, bool) {
@@ -119,6 +137,9 @@ type Placement struct {
 	Offset    int64  `json:"offset"`    // byte offset of the partition
 	Size      int64  `json:"size"`      // byte size of the partition
 	Created   bool   `json:"created"`   // a new partition was added
+	// Filesystem is "vfat" when an ISO drive was rebuilt for a disk with
+	// sectors larger than 2048 bytes, else "" (the image as given).
+	Filesystem string `json:"filesystem,omitempty"`
 }
 
 // Install writes img (a decoded config drive) onto dev, a disk of size
@@ -152,18 +173,40 @@ func Install(dev Device, size int64, sectorSize int, img []byte) (Placement, err
 		p   Placement
 		err error
 	)
+	// A disk with sectors larger than ISO 9660's blocks gets the drive's
+	// files in vfat: read them before anything is written.
+	var tree *isoTree
+	if _, isISO := isoLabel(img); isISO && sectorSize > 2048 {
+		t, err := readISO(img)
+		if err != nil {
+			return Placement{}, fmt.Errorf("%w: %v", ErrInvalid, err)
+		}
+		tree = &t
+	}
+	want, need := int64(PartitionSize), len(img)
+	if tree != nil {
+		want, need = FATPartitionSize, FATPartitionSize*9/10
+	}
 	if isProtective(mbr) {
-		p, err = installGPT(dev, size, sectorSize, img)
+		p, err = installGPT(dev, size, sectorSize, need, want)
 	} else {
-		p, err = installMBR(dev, size, sectorSize, mbr, img)
+		p, err = installMBR(dev, size, sectorSize, mbr, need, want)
 	}
 	if err != nil {
 		return p, err
 	}
-	if int64(len(img)) > p.Size {
-		return p, fmt.Errorf("%w: partition %d holds %d bytes, the config drive is %d", ErrNoSpace, p.Partition, p.Size, len(img))
+	if int64(need) > p.Size {
+		return p, fmt.Errorf("%w: partition %d holds %d bytes, the config drive needs %d", ErrNoSpace, p.Partition, p.Size, need)
 	}
-	if _, err := dev.WriteAt(img, p.Offset); err != nil {
+	if tree != nil {
+		// Linux cannot mount ISO 9660 (2048-byte blocks) from a disk
+		// with larger sectors: the files go into vfat instead, as IPA
+		// does.
+		if err := writeFAT(dev, size, p.Offset, p.Size, sectorSize, *tree); err != nil {
+			return p, fmt.Errorf("rebuilding the config drive as vfat on partition %d: %w", p.Partition, err)
+		}
+		p.Filesystem = "vfat"
+	} else if _, err := dev.WriteAt(img, p.Offset); err != nil {
 		return p, fmt.Errorf("writing the config drive to partition %d: %w", p.Partition, err)
 	}
 	if s, ok := dev.(interface{ Sync() error }); ok {
@@ -184,13 +227,14 @@ func isProtective(mbr []byte) bool {
 	return false
 }
 
-// placeAtEnd picks the sectors of a new partition: the last PartitionSize
-// bytes before limit (exclusive), 1 MiB aligned, after used (the first
-// free sector). It fails when fewer than need bytes fit.
-func placeAtEnd(used, limit uint64, sectorSize int, need int) (start, end uint64, err error) {
+// placeAtEnd picks the sectors of a new partition: from the 1 MiB
+// boundary at least size bytes before limit (exclusive) up to limit,
+// after used (the first free sector). It fails when fewer than need bytes
+// fit.
+func placeAtEnd(used, limit uint64, sectorSize int, need int, size int64) (start, end uint64, err error) {
 	ss := uint64(sectorSize)
 	align := uint64(1<<20) / ss
-	want := uint64(PartitionSize) / ss
+	want := uint64(size) / ss
 	if limit <= used {
 		return 0, 0, fmt.Errorf("%w: the partitions reach the end of the disk", ErrNoSpace)
 	}

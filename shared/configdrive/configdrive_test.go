@@ -7,9 +7,15 @@ import (
 	"encoding/binary"
 	"errors"
 	"hash/crc32"
+	"io"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
+	dfile "github.com/diskfs/go-diskfs/backend/file"
+	"github.com/diskfs/go-diskfs/filesystem/fat32"
+	"github.com/diskfs/go-diskfs/filesystem/iso9660"
 	"github.com/diskfs/go-diskfs/partition/gpt"
 )
 
@@ -273,7 +279,7 @@ func TestInstallMBR(t *testing.T) {
 func TestInstallMBRBelow2TiB(t *testing.T) {
 	// placeAtEnd is what keeps the partition addressable: a 3 TiB disk
 	// gets it just below 2 TiB.
-	start, end, err := placeAtEnd(2048, min(uint64(3<<40)/512, mbrLimit), 512, 1<<20)
+	start, end, err := placeAtEnd(2048, min(uint64(3<<40)/512, mbrLimit), 512, 1<<20, PartitionSize)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -342,8 +348,45 @@ func TestInstallGPTOutsideUsableArea(t *testing.T) {
 	}
 }
 
-func TestInstall4KSectors(t *testing.T) {
-	size := int64(256 * mib)
+// testISO builds a real ISO 9660 config drive holding meta_data.json.
+func testISO(t *testing.T, meta string) []byte {
+	t.Helper()
+	dir := t.TempDir()
+	out, err := os.Create(filepath.Join(dir, "cd.iso"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer out.Close()
+	work := filepath.Join(dir, "w")
+	os.Mkdir(work, 0o700)
+	fsys, err := iso9660.Create(dfile.New(out, false), 0, 0, 2048, work)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := fsys.Mkdir("openstack/latest"); err != nil {
+		t.Fatal(err)
+	}
+	f, err := fsys.OpenFile("openstack/latest/meta_data.json", os.O_CREATE|os.O_RDWR)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Write([]byte(meta))
+	f.Close()
+	if err := fsys.Finalize(iso9660.FinalizeOptions{RockRidge: true, VolumeIdentifier: Label}); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(out.Name())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// gpt4K is a 384 MiB disk with 4096-byte sectors holding a 32 MiB GPT
+// image.
+func gpt4K(t *testing.T) (*memDisk, int64) {
+	t.Helper()
+	size := int64(384 * mib)
 	img := &memDisk{b: make([]byte, size)}
 	tab := &gpt.Table{Partitions: []*gpt.Partition{{Index: 1, Start: 256, End: 2559, Type: gpt.LinuxFilesystem}},
 		LogicalSectorSize: 4096, PhysicalSectorSize: 4096, ProtectiveMBR: true}
@@ -351,16 +394,53 @@ func TestInstall4KSectors(t *testing.T) {
 		t.Fatal(err)
 	}
 	img.b[510], img.b[511] = 0x55, 0xaa
-	p, err := Install(img, size, 4096, fakeISO("config-2", 40<<10))
+	return img, size
+}
+
+// TestInstall4KSectors: on a disk with 4096-byte sectors the ISO's files
+// go into a vfat filesystem labelled CONFIG-2, as IPA does.
+func TestInstall4KSectors(t *testing.T) {
+	img, size := gpt4K(t)
+	p, err := Install(img, size, 4096, testISO(t, `{"hostname":"four-k"}`))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if p.Partition != 2 || p.Offset%mib != 0 || p.Size < PartitionSize || p.Size >= PartitionSize+mib || p.Offset+p.Size > size-5*4096 {
+	if p.Partition != 2 || p.Offset%mib != 0 || p.Size < FATPartitionSize || p.Size >= FATPartitionSize+mib || p.Offset+p.Size > size-5*4096 || p.Filesystem != "vfat" {
 		t.Fatalf("placement %+v", p)
 	}
 	if got := backupLBA(img, 4096); got != uint64(size/4096-1) {
 		t.Fatalf("backup header at %d", got)
 	}
+	if label, ok := FilesystemLabel(img, p.Offset); !ok || label != FATLabel {
+		t.Fatalf("partition holds %q %v, want vfat %s", label, ok, FATLabel)
+	}
+	fsys, err := fat32.Read(&storage{file: &file{dev: img, size: size}}, p.Size, p.Offset, 4096)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := fsys.OpenFile("openstack/latest/meta_data.json", os.O_RDONLY)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := io.ReadAll(f); string(b) != `{"hostname":"four-k"}` {
+		t.Errorf("meta_data.json %q", b)
+	}
+	// Deploying again reuses the vfat partition.
+	p2, err := Install(img, size, 4096, testISO(t, `{"hostname":"again"}`))
+	if err != nil || p2.Created || p2.Partition != 2 {
+		t.Fatalf("second install %+v %v", p2, err)
+	}
+
+	t.Run("an ISO go-diskfs cannot read is refused before any write", func(t *testing.T) {
+		d, size := gpt4K(t)
+		before := bytes.Clone(d.b)
+		if _, err := Install(d, size, 4096, fakeISO("config-2", 40<<10)); !errors.Is(err, ErrInvalid) {
+			t.Fatalf("err %v", err)
+		}
+		if !bytes.Equal(before, d.b) {
+			t.Error("disk changed")
+		}
+	})
 }
 
 // fixCRCs recomputes the primary GPT header's CRCs after a test patched

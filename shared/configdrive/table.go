@@ -12,7 +12,7 @@ import (
 )
 
 // installGPT finds or makes the config drive partition on a GPT disk.
-func installGPT(dev Device, size int64, ss int, img []byte) (Placement, error) {
+func installGPT(dev Device, size int64, ss int, need int, want int64) (Placement, error) {
 	f := &file{dev: dev, size: size}
 	// Check the header's entry array before go-diskfs reads it: its size
 	// comes from the disk, and a rewritten table has 128 entries of 128
@@ -71,7 +71,7 @@ func installGPT(dev Device, size int64, ss int, img []byte) (Placement, error) {
 	if index == 0 {
 		return Placement{}, fmt.Errorf("%w: all 128 GPT entries are in use", ErrNoSpace)
 	}
-	start, end, err := placeAtEnd(max(used, firstUsable), lastUsable+1, ss, len(img))
+	start, end, err := placeAtEnd(max(used, firstUsable), lastUsable+1, ss, need, want)
 	if err != nil {
 		return Placement{}, err
 	}
@@ -111,7 +111,7 @@ const mbrLimit = 1 << 32
 
 // installMBR finds or makes the config drive partition on an MBR disk:
 // a primary partition in the first free slot.
-func installMBR(dev Device, size int64, ss int, mbr []byte, img []byte) (Placement, error) {
+func installMBR(dev Device, size int64, ss int, mbr []byte, need int, want int64) (Placement, error) {
 	slot := -1
 	var used uint64 = uint64(1<<20) / uint64(ss)
 	for i := range 4 {
@@ -133,7 +133,7 @@ func installMBR(dev Device, size int64, ss int, mbr []byte, img []byte) (Placeme
 		return Placement{}, fmt.Errorf("%w: all four primary MBR partitions are in use", ErrNoSpace)
 	}
 	limit := min(uint64(size)/uint64(ss), mbrLimit)
-	start, end, err := placeAtEnd(used, limit, ss, len(img))
+	start, end, err := placeAtEnd(used, limit, ss, need, want)
 	if err != nil {
 		return Placement{}, err
 	}
