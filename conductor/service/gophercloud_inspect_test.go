@@ -42,10 +42,10 @@ func TestGophercloudInspectionAndConfigDrive(t *testing.T) {
 
 	body, _ := json.Marshal(map[string]any{
 		"inventory": map[string]any{
-			"interfaces": []any{map[string]any{"name": "eno1", "mac_address": "52:54:00:12:34:77", "has_carrier": true}},
-			"cpu":        map[string]any{"model_name": "QEMU", "count": 8, "architecture": "x86_64"},
-			"memory":     map[string]any{"total": 17179869184, "physical_mb": 16384},
-			"disks":      []any{map[string]any{"name": "/dev/sda", "size": 480103981056, "serial": "SER-1", "rotational": false}},
+			"interfaces":    []any{map[string]any{"name": "eno1", "mac_address": "52:54:00:12:34:77", "has_carrier": true}},
+			"cpu":           map[string]any{"model_name": "QEMU", "count": 8, "architecture": "x86_64"},
+			"memory":        map[string]any{"total": 17179869184, "physical_mb": 16384},
+			"disks":         []any{map[string]any{"name": "/dev/sda", "size": 480103981056, "serial": "SER-1", "rotational": false}},
 			"system_vendor": map[string]any{"manufacturer": "Ingot", "product_name": "VM", "serial_number": "42"},
 			"boot":          map[string]any{"current_boot_mode": "uefi", "pxe_interface": "52:54:00:12:34:77"},
 			"bmc_address":   "192.0.2.9"},
