@@ -146,8 +146,8 @@ func TestAgentInspectionFaults(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 		d.eng.CheckTimeouts(t.Context())
 		d.eng.Wait()
-		if n := d.expect(t, node.StateInspectFailed); n.LastError == "" {
-			t.Error("no last_error")
+		if n := d.expect(t, node.StateInspectFailed); !strings.Contains(n.LastError, "Timeout reached while inspecting") || n.PowerState != node.PowerOff {
+			t.Errorf("last_error %q power %q: the node must not keep running the agent", n.LastError, n.PowerState)
 		}
 	})
 }

@@ -81,7 +81,14 @@ func (e *Engine) timeOut(ctx context.Context, n *node.Node) {
 		}
 		e.endClean(ctx, n, node.EventTimeout, fmt.Sprintf("Timeout reached while cleaning the node. Please check if the ramdisk responsible for the cleaning is running on the node.%s", step))
 	case node.StateInspectWait:
-		e.fail(ctx, n, node.EventTimeout, fmt.Sprintf("Timeout reached while inspecting the node %s", n.UUID))
+		msg := fmt.Sprintf("Timeout reached while inspecting the node %s", n.UUID)
+		if n.Interfaces.Inspect == "agent" {
+			// The agent never reported: do not leave the node running it.
+			if err := (directDeploy{e}).tearDownRamdisk(ctx, n); err != nil {
+				msg += fmt.Sprintf("; powering it off and removing its ramdisk boot failed too: %v", err)
+			}
+		}
+		e.fail(ctx, n, node.EventTimeout, msg)
 	}
 }
 
