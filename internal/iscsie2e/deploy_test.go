@@ -8,7 +8,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"math/rand/v2"
@@ -33,6 +32,7 @@ import (
 	"github.com/ingot-dev/ingot/conductor/engine"
 	"github.com/ingot-dev/ingot/conductor/imagecache"
 	"github.com/ingot-dev/ingot/conductor/node"
+	"github.com/ingot-dev/ingot/conductor/service"
 	"github.com/ingot-dev/ingot/conductor/store"
 	"github.com/ingot-dev/ingot/shared/api"
 	sharedcd "github.com/ingot-dev/ingot/shared/configdrive"
@@ -82,30 +82,6 @@ type drivers struct{ p *bmc }
 func (d drivers) Power(*node.Node) (engine.Power, error)           { return d.p, nil }
 func (d drivers) Management(*node.Node) (engine.Management, error) { return mgmt{}, nil }
 func (d drivers) Validate(*node.Node) map[string]error             { return map[string]error{} }
-
-// agentClient adapts the conductor's agent client as conductor/service
-// does.
-type agentClient struct{ c *agentclient.Client }
-
-func (a agentClient) Execute(ctx context.Context, ep engine.AgentEndpoint, name string, params any, wait bool) (*api.CommandResult, error) {
-	res, err := a.c.Execute(ctx, agentclient.Endpoint(ep), name, params, wait)
-	return res, mapAgentErr(err)
-}
-
-func (a agentClient) Commands(ctx context.Context, ep engine.AgentEndpoint) ([]api.CommandResult, error) {
-	res, err := a.c.Commands(ctx, agentclient.Endpoint(ep))
-	return res, mapAgentErr(err)
-}
-
-func mapAgentErr(err error) error {
-	switch {
-	case errors.Is(err, agentclient.ErrBusy):
-		return fmt.Errorf("%w: %v", engine.ErrAgentBusy, err)
-	case errors.Is(err, agentclient.ErrUnreachable):
-		return fmt.Errorf("%w: %v", engine.ErrAgentUnreachable, err)
-	}
-	return err
-}
 
 // progressStore records every deploy_progress the engine saves.
 type progressStore struct {
@@ -289,7 +265,7 @@ func newRig(t *testing.T, o rigOptions) *rig {
 	}
 	iopts.ProgressInterval = time.Millisecond
 	r.eng = engine.New(r.db, drivers{r.power}, log.With("side", "conductor"), engine.Options{
-		Conductor: "c1", Agent: agentClient{agentclient.New(agentclient.Options{Log: log})}, Images: cache,
+		Conductor: "c1", Agent: service.Agent{C: agentclient.New(agentclient.Options{Log: log})}, Images: cache,
 		PostDeployPowerOffRetries: 1, PostDeployPowerOffInterval: time.Millisecond, CommandPollInterval: 10 * time.Millisecond,
 		CheckInterval: -1, PowerSyncInterval: -1, LockRetryInterval: time.Millisecond, ISCSI: iopts,
 	})
