@@ -90,11 +90,14 @@ func FilesystemLabel(r io.ReaderAt, off int64) (string, bool) {
 // isoLabel returns the volume id of an ISO 9660 image, and whether img is
 // one.
 func isoLabel(img []byte) (string, bool) {
-	if len(img) < 32768+72 {
-		return "", false
-	}
-	pvd := img[32768:]
-	if pvd[0] != 1 || string(pvd[1:6]) != "CD001" {
+	return pvdLabel(bytes.NewReader(img), 0)
+}
+
+// pvdLabel reads an ISO 9660 primary volume descriptor at off: its
+// volume id, and whether there is one.
+func pvdLabel(r io.ReaderAt, off int64) (string, bool) {
+	pvd := make([]byte, 72)
+	if n, _ := r.ReadAt(pvd, off+32768); n != len(pvd) || pvd[0] != 1 || string(pvd[1:6]) != "CD001" {
 		return "", false
 	}
 	return strings.TrimRight(string(pvd[40:72]), " \x00"), true
@@ -103,9 +106,8 @@ func isoLabel(img []byte) (string, bool) {
 // imageLabel recognises an ISO 9660 primary volume descriptor or a FAT
 // boot sector at off.
 func imageLabel(r io.ReaderAt, off int64) (string, bool) {
-	pvd := make([]byte, 72)
-	if n, _ := r.ReadAt(pvd, off+32768); n == len(pvd) && pvd[0] == 1 && string(pvd[1:6]) == "CD001" {
-		return strings.TrimRight(string(pvd[40:72]), " \x00"), true
+	if label, ok := pvdLabel(r, off); ok {
+		return label, true
 	}
 	bs := make([]byte, 512)
 	if n, _ := r.ReadAt(bs, off); n != len(bs) || bs[510] != 0x55 || bs[511] != 0xaa {
